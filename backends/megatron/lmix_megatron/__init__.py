@@ -1,0 +1,1 @@
+"""Megatron-core backend for lmix (nothing heavy is imported here)."""

@@ -1,0 +1,1 @@
+"""``python -m lmix``: the same command as the ``lmix`` script (for ``torchrun -m lmix run ...``)."""

@@ -1,0 +1,1 @@
+"""Built-in policy combiners (registered in pyproject.toml under ``lmix.combiners``)."""

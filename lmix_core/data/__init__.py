@@ -1,0 +1,1 @@
+"""Datasets: local jsonl/json/parquet loading with column mappings and schema adapters."""

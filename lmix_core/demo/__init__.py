@@ -1,0 +1,1 @@
+"""The embedded demo: a synthetic arithmetic task, a tiny model and tokenizer, SFT then GRPO."""

@@ -1,0 +1,142 @@
+"""TrainerBackend: owns the models, optimisers and sampling; knows nothing about algorithms."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from lmix_core.interfaces.base import Component
+from lmix_core.interfaces.combiner import PolicyCombiner
+from lmix_core.types import (
+    Generation,
+    GenerationRequest,
+    LossOutput,
+    MicroBatch,
+    StepReport,
+    TokenBatch,
+    TokenStats,
+)
+
+
+class Objective(Protocol):
+    """The loss a backend differentiates, one micro-batch at a time (built by the loop)."""
+
+    needs_entropy: bool
+    needs_ref_logp: bool
+    temperature: float
+
+    def __call__(self, stats: TokenStats, batch: MicroBatch, /) -> LossOutput: ...
+
+
+@attrs.frozen(kw_only=True)
+class BackendContext:
+    """What the loop tells a backend at construction.
+
+    Attributes:
+        combiner: the run's combiner; the backend calls ``combiner.mix_logits`` when sampling and scoring.
+        num_references: frozen reference policies to load (combiner references, or 1 for a KL penalty).
+        num_optimizer_states: 1, or 2 for a mixer that averages updates of two optimiser states.
+        update_weights: weight of each state's update.
+        seed: the run's seed.
+        out_dir: the run directory (backends may keep scratch files there).
+    """
+
+    combiner: PolicyCombiner
+    num_references: int = 0
+    num_optimizer_states: int = 1
+    update_weights: tuple[float, ...] = (1.0,)
+    seed: int = 0
+    out_dir: Path | None = None
+
+
+class TrainerBackend(Component):
+    """Models, references, optimisers, sampling and checkpoints, behind one uniform API.
+
+    Log-probs of the combined distribution are ``log_softmax(combiner.mix_logits(z_θ, z_refs) / T)`` at the
+    sampled token, computed without materialising full ``[N, S, V]`` logits for more than one chunk of tokens
+    (``lmix_core.functional.mixed_token_stats``). Position ids are ``cumsum(attention_mask) - 1``.
+
+    Contract (``lmix_core.testing.backend.check_backend``): ``score`` of a generated batch reproduces the sampler's
+    log-probs; a ``train_step`` with a non-finite loss changes nothing and reports ``skipped``; a checkpoint saved
+    and loaded reproduces the next step exactly.
+    """
+
+    def __init__(self, config: Any, context: BackendContext) -> None:
+        super().__init__(config)
+        self.context = context
+
+    # -- process topology ------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        """Data-parallel rank of this process (0 when not distributed)."""
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        """Number of data-parallel ranks."""
+        return 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes run files (metrics, checkpoints' metadata, plots)."""
+        return True
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Mean of scalar metrics over data-parallel ranks (identity when not distributed)."""
+        return dict(values)
+
+    def barrier(self) -> None:  # noqa: B027 - no-op when not distributed
+        """Wait for every rank."""
+
+    # -- models ----------------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The policy's ``transformers`` tokenizer (chat template included)."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, /) -> Generation:
+        """Sample one response per row, from the combined distribution or the policy alone."""
+
+    @abstractmethod
+    def score(
+        self, batch: TokenBatch, /, *, temperature: float = 1.0, entropy: bool = False, ref_logp: bool = False,
+        step: int = 0,
+    ) -> TokenStats:
+        """Per-token statistics under the current parameters, without gradient."""
+
+    @abstractmethod
+    def train_step(self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int) -> StepReport:
+        """One optimiser step.
+
+        Args:
+            groups: one list of micro-batches per optimiser state (``num_optimizer_states`` lists). Gradients of a
+                group's micro-batches are summed; each group's gradient goes through its own optimiser state, all
+                from the same parameter snapshot, and the updates are combined with ``update_weights``.
+            objective: the loss for one micro-batch.
+            step: optimiser step (learning-rate schedule).
+
+        Returns:
+            The loss, per-group gradient norms, and ``skipped=True`` (parameters untouched) when the loss or a
+            gradient was not finite.
+        """
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def save_checkpoint(self, path: Path, /) -> None:
+        """Write model, optimiser states, schedulers and backend RNG under ``path`` (an empty directory)."""
+
+    @abstractmethod
+    def load_checkpoint(self, path: Path, /) -> None:
+        """Restore what :meth:`save_checkpoint` wrote."""
+
+    @abstractmethod
+    def save_pretrained(self, path: Path, /) -> None:
+        """Export the trained policy in Hugging Face format, loadable by plain ``transformers``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release process groups and workers."""

@@ -1,0 +1,1 @@
+"""Built-in policy losses (registered under ``lmix.losses``)."""

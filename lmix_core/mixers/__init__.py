@@ -1,0 +1,1 @@
+"""Built-in SFT/RL mixers (registered under ``lmix.mixers``)."""

@@ -1,0 +1,38 @@
+"""The six component kinds and their module-level registries, one line each."""
+
+from __future__ import annotations
+
+from lmix_core.registry import Kind, Registry
+
+COMBINER = Kind("combiner", "lmix.combiners", "lmix_core.interfaces.combiner:PolicyCombiner")
+ADVANTAGE = Kind("advantage", "lmix.advantages", "lmix_core.interfaces.advantage:AdvantageEstimator")
+LOSS = Kind("loss", "lmix.losses", "lmix_core.interfaces.loss:PolicyLoss")
+MIXER = Kind("mixer", "lmix.mixers", "lmix_core.interfaces.mixer:Mixer")
+REWARD = Kind("reward", "lmix.rewards", "lmix_core.interfaces.reward:RewardVerifier")
+BACKEND = Kind("backend", "lmix.backends", "lmix_core.interfaces.backend:TrainerBackend")
+
+KINDS: dict[str, Kind] = {k.name: k for k in (COMBINER, ADVANTAGE, LOSS, MIXER, REWARD, BACKEND)}
+
+combiners: Registry = Registry(COMBINER)
+advantages: Registry = Registry(ADVANTAGE)
+losses: Registry = Registry(LOSS)
+mixers: Registry = Registry(MIXER)
+rewards: Registry = Registry(REWARD)
+backends: Registry = Registry(BACKEND)
+
+REGISTRIES: dict[str, Registry] = {
+    "combiner": combiners,
+    "advantage": advantages,
+    "loss": losses,
+    "mixer": mixers,
+    "reward": rewards,
+    "backend": backends,
+}
+
+
+def kind_named(word: str) -> Kind:
+    """Accept ``combiner`` or ``combiners`` (CLI convenience)."""
+    for kind in KINDS.values():
+        if word in (kind.name, kind.plural):
+            return kind
+    raise KeyError(word)
