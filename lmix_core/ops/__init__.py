@@ -1,0 +1,1 @@
+"""Pure tensor and scalar helpers shared by components (no registered parts here)."""
