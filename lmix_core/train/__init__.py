@@ -1,0 +1,1 @@
+"""The backend-agnostic SFT/RL training loop."""

@@ -1,0 +1,421 @@
+"""The training loop: one explicit SFT/RL step, backend-agnostic, reaching components only through interfaces.
+
+Each step:
+    1. this step's questions (and demonstrations) from the data, in a seeded order;
+    2. the mixer's plan (does this step sample rollouts?);
+    3. the combiner's rollout plan (forced demonstration prefixes) and sampling;
+    4. reward verifiers, in worker processes with time limits;
+    5. the advantage estimator;
+    6. the mixer's decision (coefficients, per-question gates, demonstrations to train on);
+    7. the loss, as precomputed token weights and a per-micro-batch objective;
+    8. the backend step (one per minibatch and PPO epoch), then the mixer's feedback.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from lmix_core.errors import NonFiniteError
+from lmix_core.interfaces.backend import TrainerBackend
+from lmix_core.train import checkpoint
+from lmix_core.train.batching import demonstration_batch, trim
+from lmix_core.train.components import Components
+from lmix_core.train.logging import MetricsLog, Tracker
+from lmix_core.train.objective import StepObjective
+from lmix_core.types import (
+    AdvantageInputs,
+    Generation,
+    GenerationRequest,
+    MicroBatch,
+    MixDecision,
+    MixerInputs,
+    StepFeedback,
+    TokenBatch,
+)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class Trainer:
+    """Runs a recipe's components for ``train.steps`` steps, writing the run directory.
+
+    Args:
+        parts: the built components, data and settings (see :class:`Components`).
+        run_dir: where metrics, checkpoints, evaluations and the final model go.
+    """
+
+    def __init__(self, parts: Components, run_dir: Path) -> None:
+        self.parts = parts
+        self.run_dir = run_dir
+        self.backend: TrainerBackend = parts.backend
+        self.tokenizer = self.backend.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.eos = self.tokenizer.eos_token or ""
+        self._prompt_ids: dict[int, tuple[int, ...]] = {}
+        self._demo_ids: dict[int, tuple[int, ...]] = {}
+        self.nonfinite = 0
+        self.start_step = 0
+
+    # -- data ------------------------------------------------------------------------------------------------
+    def question_ids(self, step: int) -> tuple[int, ...]:
+        """Dataset indices of this rank's questions at ``step``: a seeded permutation per epoch, no state."""
+        n = len(self.parts.train_examples)
+        Q = self.parts.train.prompts_per_step
+        W, r = self.backend.world_size, self.backend.rank
+        start = (step * W + r) * Q
+        out = []
+        for pos in range(start, start + Q):
+            epoch, i = divmod(pos, n)
+            order = self._order(epoch)
+            out.append(int(order[i]))
+        return tuple(out)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        cache = getattr(self, "_order_cache", None)
+        if cache is None or cache[0] != epoch:
+            g = torch.Generator().manual_seed(derive_seed(self.parts.train.seed, 17, epoch))
+            self._order_cache = (epoch, torch.randperm(len(self.parts.train_examples), generator=g))
+        return self._order_cache[1]
+
+    def prompt_ids(self, index: int, *, split: str = "train") -> tuple[int, ...]:
+        key = index if split == "train" else -1 - index
+        if key not in self._prompt_ids:
+            ex = self.parts.examples(split)[index]
+            text = self.parts.render_prompt(self.tokenizer, ex)
+            self._prompt_ids[key] = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._prompt_ids[key]
+
+    def demo_ids(self, index: int) -> tuple[int, ...]:
+        if index not in self._demo_ids:
+            demo = self.parts.train_examples[index].demonstration or ""
+            ids = self.tokenizer(demo, add_special_tokens=False)["input_ids"] if demo else []
+            eos = self.tokenizer.eos_token_id
+            self._demo_ids[index] = tuple(ids) + ((eos,) if ids and eos is not None else ())
+        return self._demo_ids[index]
+
+    # -- one step --------------------------------------------------------------------------------------------
+    def step(self, step: int) -> dict[str, Any]:
+        p = self.parts
+        t0 = time.perf_counter()
+        qids = self.question_ids(step)
+        Q, G = len(qids), p.train.group_size
+        plan = p.mixer.plan(step)
+        record: dict[str, Any] = {"step": step}
+        rl: dict[str, Any] | None = None
+        if plan.rollouts:
+            rl = self._rollouts(step, qids)
+            record.update(rl["metrics"])
+        decision = p.mixer.mix(
+            MixerInputs(
+                step=step,
+                question_ids=qids,
+                rewards=None if rl is None else rl["rewards"].view(Q, G),
+                correct=None if rl is None else rl["correct"].view(Q, G),
+            )
+        )
+        reports = self._optimise(step, qids, rl, decision)
+        grad_norms = [g for rep in reports for g in rep.grad_norms]
+        skipped = any(rep.skipped for rep in reports)
+        record["loss"] = sum(rep.loss for rep in reports) / max(len(reports), 1)
+        record["grad_norm"] = max(grad_norms) if grad_norms else 0.0
+        for k in sorted({k for rep in reports for k in rep.metrics}):
+            vals = [rep.metrics[k] for rep in reports if k in rep.metrics]
+            record[k] = sum(vals) / len(vals)
+        record["decision"] = decision.label
+        record["skipped"] = skipped
+        p.mixer.observe(self._feedback(step, decision, reports, record))
+        record = self.backend.all_mean({k: v for k, v in record.items() if isinstance(v, int | float)}) | {
+            k: v for k, v in record.items() if not isinstance(v, int | float) or isinstance(v, bool)
+        }
+        record["step"] = step
+        record["step_time_s"] = time.perf_counter() - t0
+        self._check_finite(step, skipped)
+        return record
+
+    def _rollouts(self, step: int, qids: Sequence[int]) -> dict[str, Any]:
+        p = self.parts
+        G = p.train.group_size
+        demo_len = torch.tensor([len(self.demo_ids(q)) for q in qids], dtype=torch.long)  # [Q]
+        gen_plan = torch.Generator().manual_seed(derive_seed(p.train.seed, 23, step, self.backend.rank))
+        prefix_len = p.combiner.plan_rollouts(
+            step=step, demo_lengths=demo_len, group_size=G, generator=gen_plan
+        )
+        prompts, forced = [], []
+        for qi, q in enumerate(qids):
+            for g in range(G):
+                prompts.append(self.prompt_ids(q))
+                forced.append(self.demo_ids(q)[: int(prefix_len[qi, g])])
+        request = GenerationRequest(
+            prompt_ids=tuple(prompts),
+            forced=tuple(forced),
+            max_new_tokens=p.sampling.max_new_tokens,
+            temperature=p.sampling.temperature,
+            top_p=p.sampling.top_p,
+            stop=p.sampling.stop,
+            seed=derive_seed(p.train.seed, 29, step, self.backend.rank),
+            distribution="combined",
+            step=step,
+        )
+        gen: Generation = self.backend.generate(request)
+        examples = [p.train_examples[q] for q in qids for _ in range(G)]
+        lengths = gen.tokens.loss_mask.sum(-1)  # [N]
+        scored = p.rewards.score(
+            examples,
+            [self.parts.render_prompt(self.tokenizer, e) for e in examples],
+            gen.completions,
+            lengths.tolist(),
+        )
+        group_ids = torch.arange(len(qids)).repeat_interleave(G)  # [N]
+        mask = gen.tokens.loss_mask  # [N, S]
+        adv = p.advantage(AdvantageInputs(rewards=scored.rewards, group_ids=group_ids, mask=mask))  # [N, S]
+        reuse = p.train.ppo_epochs * p.train.minibatches > 1
+        needs_entropy = p.combiner.needs_entropy
+        stats = None
+        if reuse or needs_entropy or self.backend.context.num_references > 0:
+            stats = self.backend.score(
+                gen.tokens,
+                temperature=p.sampling.temperature,
+                entropy=needs_entropy,
+                ref_logp=self.backend.context.num_references > 0,
+                step=step,
+            )
+        masks = p.combiner.loss_masks(
+            mask=mask,
+            prefix_mask=gen.prefix_mask,
+            entropy=None if stats is None else stats.entropy,
+            step=step,
+        )
+        metrics = {
+            "reward_mean": float(torch.nan_to_num(scored.rewards).mean()),
+            "accuracy": float(scored.correct.float().mean()) if scored.has_correctness else float("nan"),
+            "tokens": int(mask.sum()),
+            "response_len": float(lengths.float().mean()),
+            "truncated_frac": float(gen.truncated.float().mean()),
+            "prefix_tokens": int(gen.prefix_mask.sum()),
+        }
+        if scored.format_rate is not None:
+            metrics["format_rate"] = scored.format_rate
+        if stats is not None and stats.ref_logp is not None:
+            m = mask.float()
+            metrics["kl_ref"] = float(((stats.logp - stats.ref_logp) * m).sum() / m.sum().clamp_min(1))
+        return {
+            "gen": gen,
+            "rewards": scored.rewards,
+            "correct": scored.correct,
+            "advantages": adv,
+            "old_logp": None if (stats is None or not reuse) else stats.logp,
+            "masks": masks,
+            "metrics": metrics,
+        }
+
+    def _optimise(
+        self, step: int, qids: Sequence[int], rl: dict[str, Any] | None, decision: MixDecision
+    ) -> list:
+        p = self.parts
+        G = p.train.group_size
+        Q = len(qids)
+        nmb = p.train.minibatches
+        objective = StepObjective(
+            loss=p.loss,
+            mixer=p.mixer,
+            temperature=p.sampling.temperature,
+            offpolicy_gamma=None if rl is None else rl["masks"].offpolicy_gamma,
+        )
+        sft_items = [(q, w) for q, w in decision.sft if w > 0 and self.demo_ids(q)]
+        reports = []
+        opt_step = step * p.train.ppo_epochs * nmb
+        for _epoch in range(p.train.ppo_epochs):
+            for mb in range(nmb):
+                q_slice = range(mb * Q // nmb, (mb + 1) * Q // nmb)
+                rl_mb = self._rl_microbatch(rl, decision, q_slice, G) if rl is not None else None
+                sft_mb = self._sft_microbatch(sft_items[mb::nmb], decision.sft_coef)
+                groups: list[list[MicroBatch]] = [
+                    [] for _ in range(self.backend.context.num_optimizer_states)
+                ]
+                if rl_mb is not None:
+                    groups[0].append(rl_mb)
+                if sft_mb is not None:
+                    groups[-1].append(sft_mb)
+                if not any(groups):
+                    continue
+                reports.append(self.backend.train_step(groups, objective, step=opt_step))
+                opt_step += 1
+        return reports
+
+    def _rl_microbatch(
+        self, rl: dict[str, Any], decision: MixDecision, q_slice: range, G: int
+    ) -> MicroBatch | None:
+        if decision.rl_coef <= 0:
+            return None
+        weights = decision.rl_weights or (1.0,) * (max(q_slice, default=-1) + 1)
+        rows = [q * G + g for q in q_slice for g in range(G) if weights[q] > 0]
+        if not rows:
+            return None
+        idx = torch.tensor(rows, dtype=torch.long)  # [n]
+        gen: Generation = rl["gen"]
+        tokens = gen.tokens.select(idx)
+        masks = rl["masks"]
+        keep = masks.token_weight[idx]  # [n, S]
+        effective = tokens.loss_mask & (keep > 0)  # [n, S]
+        row_w = torch.tensor([weights[r // G] for r in rows], dtype=torch.float32)  # [n]
+        agg = self.parts.loss.token_weights(effective, max_len=self.parts.sampling.max_new_tokens)  # [n, S]
+        tensors = {
+            "advantages": rl["advantages"][idx],  # [n, S]
+            "token_weights": decision.rl_coef * row_w[:, None] * keep * agg,  # [n, S]
+            "offpolicy": masks.offpolicy[idx],  # [n, S]
+        }
+        if rl["old_logp"] is not None:
+            tensors["old_logp"] = rl["old_logp"][idx]  # [n, S]
+        tokens = attrs.evolve(tokens, loss_mask=effective)
+        tokens, tensors = trim(tokens, tensors)
+        return MicroBatch(tokens=tokens, role="rl", tensors=tensors)
+
+    def _sft_microbatch(self, items: Sequence[tuple[int, float]], sft_coef: float) -> MicroBatch | None:
+        if sft_coef <= 0 or not items:
+            return None
+        tokens: TokenBatch = demonstration_batch(
+            [self.prompt_ids(q) for q, _ in items], [self.demo_ids(q) for q, _ in items], self.pad_id
+        )
+        w = torch.tensor([wi for _, wi in items], dtype=torch.float32)  # [n]
+        m = tokens.loss_mask.float()  # [n, S]
+        token_w = sft_coef * w[:, None] * m / m.sum().clamp_min(1.0)  # [n, S]: weighted token-mean NLL
+        return MicroBatch(tokens=tokens, role="sft", tensors={"token_weights": token_w})
+
+    def _feedback(
+        self, step: int, decision: MixDecision, reports: list, record: dict[str, Any]
+    ) -> StepFeedback:
+        norms = [rep.grad_norms for rep in reports]
+        rl_on = decision.rl_coef > 0 and "reward_mean" in record
+        sft_on = decision.sft_coef > 0 and bool(decision.sft)
+        g_rl = g_sft = None
+        if norms and self.backend.context.num_optimizer_states == 2:
+            g_rl, g_sft = norms[-1][0], norms[-1][-1]
+        elif norms:
+            whole = norms[-1][0]
+            g_rl = whole if rl_on and not sft_on else None
+            g_sft = whole if sft_on and not rl_on else None
+        whole_norm = float(sum(g * g for g in norms[-1]) ** 0.5) if norms else None
+        return StepFeedback(
+            step=step,
+            decision=decision,
+            grad_norm_rl=g_rl,
+            grad_norm_sft=g_sft,
+            grad_norm=whole_norm,
+            kl_to_initial=record.get("kl_ref"),
+        )
+
+    def _check_finite(self, step: int, skipped: bool) -> None:
+        self.nonfinite = self.nonfinite + 1 if skipped else 0
+        if self.nonfinite >= self.parts.train.max_nonfinite:
+            path = self.save(step + 1)
+            raise NonFiniteError(
+                f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (last: step {step}); "
+                f"aborted with a checkpoint at {path}.\n  Lower backend.lr, check the rewards for NaN, or resume "
+                f"with `lmix run ... --resume` after changing the recipe."
+            )
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def trainer_state(self, step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "mixer": self.parts.mixer.state_dict(),
+            "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "nonfinite": self.nonfinite,
+        }
+
+    def save(self, step: int) -> Path:
+        """Checkpoint after ``step`` completed steps (every rank writes its backend part; rank 0 the rest)."""
+        root = checkpoint.checkpoint_root(self.run_dir)
+        tmp = root / f"step_{step:06d}.tmp"
+        if self.backend.world_size == 1:
+            return checkpoint.save(
+                self.run_dir,
+                step,
+                self.backend.save_checkpoint,
+                self.trainer_state(step),
+                self.parts.train.keep_checkpoints,
+            )
+        if self.backend.is_main:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "backend").mkdir(parents=True)
+        self.backend.barrier()
+        self.backend.save_checkpoint(tmp / "backend")
+        self.backend.barrier()
+        if self.backend.is_main:
+            import os
+
+            torch.save(self.trainer_state(step), tmp / "trainer.pt")
+            final = root / f"step_{step:06d}"
+            os.replace(tmp, final)
+            checkpoint.write_atomic_text(root / "latest", final.name + "\n")
+            for old in sorted(x for x in root.glob("step_*") if x.is_dir() and not x.name.endswith(".tmp"))[
+                : -self.parts.train.keep_checkpoints
+            ]:
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+        self.backend.barrier()
+        return root / f"step_{step:06d}"
+
+    def restore(self) -> int:
+        """Load the newest checkpoint; returns the step to continue from (0 when there is none)."""
+        path = checkpoint.latest(self.run_dir)
+        if path is None:
+            return 0
+        self.backend.load_checkpoint(path / "backend")
+        state = checkpoint.load_trainer_state(path)
+        self.parts.mixer.load_state_dict(state["mixer"])
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.nonfinite = state["nonfinite"]
+        return int(state["step"])
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self, *, resume: bool, evaluate) -> dict[str, Any]:  # noqa: ANN001 - callable(step) -> dict
+        """Train, evaluating and checkpointing on schedule; returns the last evaluation."""
+        tr = self.parts.train
+        start = self.restore() if resume else 0
+        self.start_step = start
+        main = self.backend.is_main
+        log = (
+            MetricsLog(self.run_dir / "metrics.jsonl", resume_from=start if resume else None)
+            if main
+            else None
+        )
+        tracker = (
+            Tracker(self.parts.logging, self.run_dir, self.parts.resolved, tr.steps, start) if main else None
+        )
+        last_eval: dict[str, Any] = {}
+        try:
+            for step in range(start, tr.steps):
+                record = self.step(step)
+                if log is not None:
+                    log.write(record)
+                    tracker.log(record)
+                done = step + 1
+                if tr.eval_every and done % tr.eval_every == 0 and done < tr.steps:
+                    last_eval = evaluate(done)
+                if tr.save_every and done % tr.save_every == 0 and done < tr.steps:
+                    self.save(done)
+            self.save(tr.steps)
+            last_eval = evaluate(tr.steps)
+        finally:
+            if tracker is not None:
+                tracker.close()
+        return last_eval

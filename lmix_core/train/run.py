@@ -1,0 +1,150 @@
+"""``lmix run RECIPE [--out DIR] [--resume] [key=value ...]``: validate, build, train, evaluate, export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmix_core.errors import LmixError
+from lmix_core.evaluation import append_eval, deployment, evaluate
+from lmix_core.interfaces.backend import BackendContext
+from lmix_core.train.components import Components, RewardSuite
+from lmix_core.train.loop import Trainer
+
+
+def default_out_dir(recipe: Any) -> Path:
+    return Path("runs") / f"{Path(recipe.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def build(recipe: Any, out_dir: Path) -> Components:
+    """Build every component of a validated recipe, the backend last (it loads models)."""
+    from lmix_core.data.loading import load_examples, render_prompt
+
+    combiner = recipe.combiner.build()
+    advantage = recipe.advantage.build()
+    loss = recipe.loss.build()
+    mixer = recipe.mixer.build()
+    suite = RewardSuite([(spec.name, spec.build(), spec.weight) for spec in recipe.rewards])
+    num_refs = max(combiner.num_references, 1 if loss.needs_ref_logp else 0)
+    context = BackendContext(
+        combiner=combiner,
+        num_references=num_refs,
+        num_optimizer_states=type(mixer).num_optimizer_states,
+        update_weights=mixer.update_weights,
+        seed=recipe.train.seed,
+        out_dir=out_dir,
+    )
+    backend = recipe.backend.cls(recipe.backend.config, context)
+    train_examples = load_examples(recipe.data, "train")
+    eval_examples = load_examples(recipe.data, "eval") if recipe.data.eval else []
+    return Components(
+        backend=backend,
+        combiner=combiner,
+        advantage=advantage,
+        loss=loss,
+        mixer=mixer,
+        rewards=suite,
+        train=recipe.train,
+        sampling=recipe.sampling,
+        eval=recipe.eval,
+        logging=recipe.logging,
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+        render_prompt=partial(render_prompt, config=recipe.data),
+        resolved=recipe.resolved(),
+        out_dir=out_dir,
+    )
+
+
+def provenance_line(recipe: Any) -> str:
+    return " ".join(
+        f"{p['kind']}={p['name']} ({p['distribution']} {p['version']})" for p in recipe.provenance()
+    )
+
+
+def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run a validated recipe into ``out_dir``; returns the summary written to ``summary.json``."""
+    from lmix_core.recipe import dump_toml
+
+    torch.manual_seed(recipe.train.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = build(recipe, out_dir)
+    trainer = Trainer(parts, out_dir)
+    main = parts.backend.is_main
+    if main:
+        (out_dir / "recipe.toml").write_text(dump_toml(recipe.resolved()))
+        (out_dir / "provenance.json").write_text(json.dumps(recipe.provenance(), indent=2))
+        if not resume and (out_dir / "eval.jsonl").exists():
+            (out_dir / "eval.jsonl").unlink()
+        if not quiet:
+            print(f"lmix run: {provenance_line(recipe)}", flush=True)
+    deploy = deployment(parts.combiner, parts.eval)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        if not parts.eval_examples:
+            return {}
+        result = evaluate(
+            parts.backend,
+            parts.rewards,
+            parts.eval_examples,
+            parts.render_prompt,
+            parts.eval,
+            parts.sampling,
+            distribution=deploy,
+            seed=recipe.train.seed,
+            step=step,
+        )
+        record = {"step": step, "deploy": deploy, **result}
+        if main:
+            append_eval(out_dir, record)
+        return record
+
+    t0 = time.perf_counter()
+    try:
+        last = trainer.run(resume=resume, evaluate=run_eval)
+        model_dir = out_dir / "model"
+        if main and model_dir.exists():
+            shutil.rmtree(model_dir)
+        parts.backend.barrier()
+        parts.backend.save_pretrained(model_dir)
+    finally:
+        parts.rewards.close()
+        parts.backend.close()
+    summary = {
+        "recipe": str(recipe.source),
+        "steps": recipe.train.steps,
+        "final_eval": last,
+        "wall_time_s": time.perf_counter() - t0,
+        "model": str(out_dir / "model"),
+    }
+    if main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_command(args: Any) -> int:
+    """CLI entry: ``args.recipe``, ``args.out``, ``args.resume``, ``args.overrides``."""
+    from lmix_core.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, tuple(args.overrides or ()))
+    out = Path(args.out) if args.out else default_out_dir(recipe)
+    if args.resume and not out.exists():
+        raise LmixError(
+            f"--resume: run directory {str(out)!r} does not exist; pass the --out of the run to resume"
+        )
+    summary = train(recipe, out, resume=bool(args.resume))
+    if summary["final_eval"]:
+        ev = summary["final_eval"]
+        print(
+            f"lmix run: done in {summary['wall_time_s']:.1f}s; held-out pass@1 {ev.get('pass@1', float('nan')):.3f}"
+            f" -> {out}"
+        )
+    else:
+        print(f"lmix run: done in {summary['wall_time_s']:.1f}s -> {out}")
+    return 0
