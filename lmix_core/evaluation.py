@@ -124,3 +124,53 @@ def _demo_nll(
 def append_eval(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / "eval.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def eval_command(args: Any) -> int:
+    """``lmix eval MODEL_OR_RUN [--data FILE] [--rewards a,b] [--samples K] [--deploy D] [--out FILE]``.
+
+    A run directory (it holds ``recipe.toml`` and ``model/``) is evaluated with its own recipe's rewards,
+    references and prompt format; a bare model directory with the ``hf`` backend and ``--rewards`` (default
+    ``math``). ``--data`` replaces the held-out file.
+    """
+    from lmix_core.errors import LmixError
+    from lmix_core.recipe import load_recipe
+    from lmix_core.train.run import evaluate_saved
+
+    target = Path(args.target)
+    overrides: list[str] = []
+    if args.data:
+        overrides.append(f"data.eval={json.dumps(str(Path(args.data).resolve()))}")
+    if args.samples:
+        overrides += [f"eval.samples={int(args.samples)}", "eval.temperature=1.0"]
+    if (target / "recipe.toml").exists() and (target / "model").exists():
+        recipe_path, model_dir = target / "recipe.toml", target / "model"
+    elif (target / "config.json").exists():
+        if not args.data:
+            raise LmixError("lmix eval: a bare model directory needs --data FILE (the held-out questions)")
+        names = [n for n in (args.rewards or "math").split(",") if n]
+        body = ["schema = 1", "[backend]", 'type = "hf"', f"model = {json.dumps(str(target.resolve()))}"]
+        for n in names:
+            body += ["[[rewards]]", f"type = {json.dumps(n)}"]
+        data = json.dumps(str(Path(args.data).resolve()))
+        body += ["[train]", "steps = 1", "[data]", f"train = {data}", f"eval = {data}"]
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="lmix-eval-"))
+        recipe_path = tmp / "eval.toml"
+        recipe_path.write_text("\n".join(body) + "\n")
+        model_dir = target
+    else:
+        raise LmixError(
+            f"lmix eval: {str(target)!r} is neither a run directory (recipe.toml + model/) nor a Hugging Face model "
+            f"directory (config.json)"
+        )
+    recipe = load_recipe(recipe_path, tuple(overrides))
+    result = evaluate_saved(
+        recipe, model_dir, distribution=None if args.deploy in (None, "auto") else args.deploy
+    )
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0

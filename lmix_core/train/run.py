@@ -148,3 +148,38 @@ def run_command(args: Any) -> int:
     else:
         print(f"lmix run: done in {summary['wall_time_s']:.1f}s -> {out}")
     return 0
+
+
+def evaluate_saved(recipe: Any, model_dir: Path, *, distribution: str | None = None) -> dict[str, Any]:
+    """Evaluate a saved model under a recipe's components (rewards, eval settings, references).
+
+    The recipe's ``backend.model`` becomes ``model_dir``; when the combiner needs references and the recipe names
+    none, the recipe's original ``backend.model`` (the model training started from) is the reference, as it was
+    during training.
+    """
+    import attrs
+
+    cfg = recipe.backend.config
+    refs = tuple(cfg.references) or (cfg.model,)
+    backend_spec = attrs.evolve(
+        recipe.backend, config=attrs.evolve(cfg, model=str(model_dir), references=refs)
+    )
+    recipe = attrs.evolve(recipe, backend=backend_spec)
+    parts = build(recipe, model_dir.parent)
+    try:
+        deploy = distribution or deployment(parts.combiner, parts.eval)
+        result = evaluate(
+            parts.backend,
+            parts.rewards,
+            parts.eval_examples or parts.train_examples,
+            parts.render_prompt,
+            parts.eval,
+            parts.sampling,
+            distribution=deploy,
+            seed=recipe.train.seed,
+            step=recipe.train.steps,
+        )
+        return {"deploy": deploy, **result}
+    finally:
+        parts.rewards.close()
+        parts.backend.close()
