@@ -104,13 +104,21 @@ class TrainerBackend(Component):
 
     @abstractmethod
     def score(
-        self, batch: TokenBatch, /, *, temperature: float = 1.0, entropy: bool = False, ref_logp: bool = False,
+        self,
+        batch: TokenBatch,
+        /,
+        *,
+        temperature: float = 1.0,
+        entropy: bool = False,
+        ref_logp: bool = False,
         step: int = 0,
     ) -> TokenStats:
         """Per-token statistics under the current parameters, without gradient."""
 
     @abstractmethod
-    def train_step(self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int) -> StepReport:
+    def train_step(
+        self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
+    ) -> StepReport:
         """One optimiser step.
 
         Args:

@@ -61,7 +61,9 @@ class PolicyCombiner(Component):
             ``[..., V]`` logits of the combined distribution (before the sampling temperature).
         """
 
-    def plan_rollouts(self, *, step: int, demo_lengths: Tensor, group_size: int, generator: torch.Generator) -> Tensor:
+    def plan_rollouts(
+        self, *, step: int, demo_lengths: Tensor, group_size: int, generator: torch.Generator
+    ) -> Tensor:
         """Forced demonstration-prefix lengths, in tokens.
 
         Args:
@@ -75,7 +77,9 @@ class PolicyCombiner(Component):
         """
         return torch.zeros(demo_lengths.shape[0], group_size, dtype=torch.long)  # [Q, G]
 
-    def loss_masks(self, *, mask: Tensor, prefix_mask: Tensor, entropy: Tensor | None, step: int = 0) -> LossMasks:
+    def loss_masks(
+        self, *, mask: Tensor, prefix_mask: Tensor, entropy: Tensor | None, step: int = 0
+    ) -> LossMasks:
         """Per-token loss weights and off-policy marks.
 
         Args:
