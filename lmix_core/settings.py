@@ -23,7 +23,8 @@ class TrainConfig:
         group_size: rollouts per question (``G``).
         ppo_epochs: passes over each step's rollouts (old log-probs are computed once per step).
         minibatches: optimiser steps per pass; each takes an equal share of the step's questions.
-        seed: seeds data order, sampling and every component's generator.
+        seed: seeds data order, sampling and the combiner's rollout plans (components with their own
+            randomness, e.g. ``sasr``, take a ``seed`` in their Config).
         eval_every: evaluate on held-out data every this many steps (0: only at the end).
         save_every: write a resumable checkpoint every this many steps (0: only at the end).
         keep_checkpoints: how many periodic checkpoints to keep (the latest always kept).

@@ -166,7 +166,8 @@ class StepPlan:
 
     Attributes:
         rollouts: sample rollouts and run the RL branch this step.
-        sft: train on this step's demonstrations (the mixer's ``mix`` says with which weights).
+        sft: the step may train on demonstrations named in ``MixDecision.sft``, possibly of questions from
+            other steps (ReLIFT's buffer).
     """
 
     rollouts: bool
@@ -200,7 +201,8 @@ class MixDecision:
     Attributes:
         rl_coef: scale of the RL term (0 drops it).
         sft_coef: scale of the SFT term (0 drops it).
-        rl_weights: ``Q`` per-question weights of the RL term (HPT's gate sets some to 0).
+        rl_weights: ``Q`` per-question multipliers of each question's share of the RL term: 1 as usual, 0 drops
+            the question's rollouts before the loss is normalised (HPT's gate).
         sft: ``(dataset index, weight)`` pairs of demonstrations to train on; may name questions outside this
             step (ReLIFT's buffer).
         label: the decision as one word for ``metrics.jsonl`` (``rl``, ``sft``, ``mixed`` ...).

@@ -38,13 +38,16 @@ def recipes_dir() -> Path:
 def build_inputs(out: Path, seed: int) -> dict[str, Path]:
     """Write the task data and the from-scratch base model under ``out``."""
     from lmix_core.demo.model import save_tiny_model_dir
-    from lmix_core.demo.task import generate_split
+    from lmix_core.demo.task import generate, write_jsonl
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    paths = generate_split(
-        data, train=DEMO["train_size"], eval=DEMO["eval_size"], levels=DEMO["levels"], seed=seed
-    )
+    paths = {
+        "train": write_jsonl(data / "train.jsonl", generate(DEMO["train_size"], levels=DEMO["levels"], seed=seed)),
+        "eval": write_jsonl(
+            data / "eval.jsonl", generate(DEMO["eval_size"], levels=DEMO["levels"], seed=seed, split="test")
+        ),
+    }
     base = save_tiny_model_dir(out / "base", seed=seed, **DEMO["model"])
     return {"train": paths["train"], "eval": paths["eval"], "base": base}
 

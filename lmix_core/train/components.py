@@ -47,7 +47,7 @@ class RewardSuite:
         from lmix_core.rewards.pool import RewardPool
 
         self.named = list(named)
-        self.pool = RewardPool([v for _, v, _ in self.named], timeout_s=timeout_s)
+        self.pool = RewardPool(timeout_s=timeout_s)
 
     def score(
         self,
@@ -62,7 +62,7 @@ class RewardSuite:
             )
             for ex, pr, c, n in zip(examples, prompts, completions, lengths, strict=True)
         ]
-        verdicts = self.pool.score(samples)  # [verifier][sample]
+        verdicts = self.pool.score([v for _, v, _ in self.named], samples)  # [verifier][sample]
         N = len(samples)
         rewards = torch.zeros(N, dtype=torch.float32)  # [N]
         correct = torch.ones(N, dtype=torch.bool)  # [N]
