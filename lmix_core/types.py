@@ -91,7 +91,7 @@ class LossInputs:
         old_logp: the same under the behaviour parameters (detached).
         advantages: per-token advantages (detached).
         mask: bool, tokens that take part in the loss.
-        token_weights: aggregation weights (see ``functional.aggregation_weights``) already multiplied by any
+        token_weights: aggregation weights (see ``lmix_core.ops.aggregation.aggregation_weights``) already multiplied by any
             mixer or combiner weight; the loss is ``Σ token_weights · ℓ`` so that micro-batches add up exactly.
         ref_logp: log π_ref(token) of the frozen reference, for KL penalties.
         entropy: entropy of the trained distribution, with gradient, for entropy bonuses.

@@ -1,0 +1,86 @@
+"""Plain (unclipped) policy gradient, as HPT and LUFFY train with ``loss_remove_clip=True``."""
+
+from __future__ import annotations
+
+from typing import Literal, final
+
+import attrs
+import torch
+from torch import Tensor
+
+from lmix_core.interfaces.loss import PolicyLoss
+from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
+from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
+from lmix_core.ops.loss_terms import finish, prepare
+from lmix_core.ops.masked import masked_mean
+from lmix_core.ops.offpolicy import apply_shaping
+from lmix_core.types import LossInputs, LossOutput
+
+
+@final
+class PG(PolicyLoss):
+    r"""Policy gradient with no clip:
+
+        form = "ratio" (default):  ℓ_pg = −Â · ρ,   ρ = exp(clamp(log π_θ − log π_old, ±c_log))
+        form = "logp":             ℓ_pg = −Â · log π_θ              (REINFORCE; verl's ``gpg`` loss)
+        ℓ = ℓ_pg + kl_coef · KL_k(π_θ ‖ π_ref) − entropy_coef · H,     loss = Σ w · ℓ
+
+    The ``ratio`` form is what LUFFY's and HPT's released scripts optimise (``compute_token_on_off_policy_loss``
+    with ``loss_remove_clip=True``: ``−A·ratio``): its gradient −Â·ρ·∇log π is importance-weighted when several
+    inner steps reuse a batch. Both forms have the gradient −Â·∇log π at ρ = 1; the ``logp`` form ignores π_old.
+    HPT/LUFFY aggregate with Σ m ℓ / L_max: ``agg = "seq-mean-token-sum-norm"``; the default here is
+    ``token-mean``, like ``ppo_clip``.
+
+    Off-policy tokens (``offpolicy`` with ``offpolicy_gamma`` set) take LUFFY's ``−Â·p/(p+γ)``.
+    Metrics: ``ratio_mean`` (mean ρ over on-policy tokens), ``kl`` (when on), ``entropy`` (when given).
+    """
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        """PG parameters.
+
+        Attributes:
+            form: ``ratio`` (−Â·ρ, LUFFY/HPT) or ``logp`` (−Â·log π, REINFORCE).
+            log_ratio_clamp: |log ρ| is clamped to this before exp (verl 20).
+            kl_coef: weight of the KL penalty to the reference (0 = off).
+            kl_estimator: ``k1``, ``k2`` or ``k3``.
+            entropy_coef: weight of the entropy bonus (0 = off; HPT and LUFFY use 0.001).
+            agg: aggregation mode of :meth:`token_weights`.
+        """
+
+        form: Literal["ratio", "logp"] = attrs.field(
+            default="ratio", validator=attrs.validators.in_(("ratio", "logp"))
+        )
+        log_ratio_clamp: float = attrs.field(default=20.0, validator=attrs.validators.gt(0.0))
+        kl_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+        kl_estimator: KLEstimator = attrs.field(default="k3", validator=attrs.validators.in_(KL_ESTIMATORS))
+        entropy_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+        agg: AggMode = attrs.field(default="token-mean", validator=attrs.validators.in_(AGG_MODES))
+
+    @property
+    def needs_ref_logp(self) -> bool:
+        return self.config.kl_coef > 0
+
+    @property
+    def needs_entropy(self) -> bool:
+        return self.config.entropy_coef > 0
+
+    def token_weights(self, mask: Tensor, /, *, max_len: int) -> Tensor:
+        return aggregation_weights(mask, self.config.agg, max_len)  # [N, S]
+
+    def __call__(self, inputs: LossInputs, /) -> LossOutput:
+        cfg = self.config
+        x = prepare(inputs, owner="pg", needs_ref_logp=self.needs_ref_logp, needs_entropy=self.needs_entropy)
+        log_ratio = (x.logp - x.old_logp).clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)  # [N, S]
+        ratio = torch.exp(log_ratio)  # [N, S]
+        pg = -x.advantages * (ratio if cfg.form == "ratio" else x.logp)  # [N, S]
+        metrics: dict[str, Tensor] = {"ratio_mean": masked_mean(ratio.detach(), x.onpolicy)}
+        pg = apply_shaping(pg, logp=x.logp, advantages=x.advantages, shaped=x.shaped, gamma=x.gamma)  # [N, S]
+        return finish(
+            pg,
+            x,
+            kl_coef=cfg.kl_coef,
+            kl_estimator=cfg.kl_estimator,
+            entropy_coef=cfg.entropy_coef,
+            metrics=metrics,
+        )

@@ -1,0 +1,126 @@
+"""Every registered advantage estimator passes ``lmix_core.testing.advantage``; the suite catches broken ones."""
+
+from __future__ import annotations
+
+from typing import final
+
+import attrs
+import pytest
+import torch
+from torch import Tensor
+
+from lmix_core.config import build
+from lmix_core.interfaces.advantage import AdvantageEstimator
+from lmix_core.registries import advantages
+from lmix_core.testing.advantage import ADVANTAGE_CHECKS, check_advantage_estimator
+from lmix_core.types import AdvantageInputs
+
+CHECK_IDS = [c.__name__ for c in ADVANTAGE_CHECKS]
+
+#: Non-default configurations of the built-ins that change code paths.
+VARIANTS = [
+    ("grpo", {"scale": "batch"}),
+    ("grpo", {"scale": "none", "singleton": "zero"}),
+    ("grpo", {"std": "population", "eps": 0.0}),
+    ("grpo", {"eps": 1e-4}),
+    ("rloo", {"singleton": "raw"}),
+    ("dr_grpo", {"singleton": "zero"}),
+    ("opo", {"singleton": "zero"}),
+    ("reinforce_pp", {"baseline": "group"}),
+    ("reinforce_pp", {"gamma": 0.9}),
+    ("reinforce_pp", {"baseline": "group", "gamma": 0.0, "singleton": "zero"}),
+    ("bnpo", {"singleton": "raw"}),
+    ("bnpo", {"reward_min": -1.0, "reward_max": 2.0}),
+]
+
+
+@pytest.mark.parametrize("check", ADVANTAGE_CHECKS, ids=CHECK_IDS)
+@pytest.mark.parametrize("name", advantages.names())
+def test_registered_estimator_passes(name, check):
+    """Each registered name, with its default Config, passes each contract check."""
+    check(advantages.get(name).default())
+
+
+@pytest.mark.parametrize(
+    ("name", "table"), VARIANTS, ids=[f"{n}-{'-'.join(map(str, t.values()))}" for n, t in VARIANTS]
+)
+def test_builtin_variants_pass(name, table):
+    """Non-default configurations of the built-ins pass the whole suite."""
+    cls = advantages.get(name)
+    check_advantage_estimator(cls(build(cls.Config, table)))
+
+
+def _centred(inputs: AdvantageInputs) -> Tensor:
+    r = torch.nan_to_num(inputs.rewards)
+    return (r - r.mean())[:, None] * inputs.mask  # [N, S]
+
+
+@final
+class LeaksPadding(AdvantageEstimator):
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
+        return torch.nan_to_num(inputs.rewards)[:, None].expand(inputs.mask.shape).clone()
+
+
+@final
+class MutatesRewards(AdvantageEstimator):
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
+        inputs.rewards.nan_to_num_(0.0)
+        return _centred(inputs)
+
+
+@final
+class DependsOnRowOrder(AdvantageEstimator):
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
+        order = torch.arange(inputs.mask.shape[0], dtype=torch.float32)
+        return order[:, None] * inputs.mask
+
+
+@final
+class ClaimsScaleInvariance(AdvantageEstimator):
+    invariances = frozenset({"scale"})
+
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
+        return _centred(inputs)
+
+
+@final
+class NaNLeaks(AdvantageEstimator):
+    @attrs.frozen
+    class Config:
+        pass
+
+    def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
+        r = inputs.rewards
+        return torch.where(inputs.mask, (r - r.mean())[:, None], torch.zeros(()))
+
+
+@pytest.mark.parametrize(
+    ("broken", "what"),
+    [
+        (LeaksPadding, "zero outside mask"),
+        (MutatesRewards, "pure"),
+        (DependsOnRowOrder, "permutation"),
+        (ClaimsScaleInvariance, "scale"),
+        (NaNLeaks, "finite"),
+    ],
+)
+def test_suite_catches_broken_estimators(broken, what):
+    """The suite fails, naming the check, for estimators that break the contract."""
+    with pytest.raises(AssertionError, match=what):
+        check_advantage_estimator(broken.default())
