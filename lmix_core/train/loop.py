@@ -148,7 +148,8 @@ class Trainer:
     def _rollouts(self, step: int, qids: Sequence[int]) -> dict[str, Any]:
         p = self.parts
         G = p.train.group_size
-        demo_len = torch.tensor([len(self.demo_ids(q)) for q in qids], dtype=torch.long)  # [Q]
+        max_new = p.sampling.max_new_tokens
+        demo_len = torch.tensor([min(len(self.demo_ids(q)), max_new) for q in qids], dtype=torch.long)  # [Q]
         gen_plan = torch.Generator().manual_seed(derive_seed(p.train.seed, 23, step, self.backend.rank))
         prefix_len = p.combiner.plan_rollouts(
             step=step, demo_lengths=demo_len, group_size=G, generator=gen_plan
