@@ -43,7 +43,9 @@ def build_inputs(out: Path, seed: int) -> dict[str, Path]:
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     paths = {
-        "train": write_jsonl(data / "train.jsonl", generate(DEMO["train_size"], levels=DEMO["levels"], seed=seed)),
+        "train": write_jsonl(
+            data / "train.jsonl", generate(DEMO["train_size"], levels=DEMO["levels"], seed=seed)
+        ),
         "eval": write_jsonl(
             data / "eval.jsonl", generate(DEMO["eval_size"], levels=DEMO["levels"], seed=seed, split="test")
         ),

@@ -6,7 +6,7 @@ from lmix_core.interfaces.base import Component
 from lmix_core.interfaces.combiner import PolicyCombiner
 from lmix_core.interfaces.loss import PolicyLoss
 from lmix_core.interfaces.mixer import Mixer
-from lmix_core.interfaces.reward import Role, RewardVerifier
+from lmix_core.interfaces.reward import RewardVerifier, Role
 
 __all__ = [
     "AdvantageEstimator",

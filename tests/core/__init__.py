@@ -1,0 +1,1 @@
+"""Tests of the registry, recipes, config structuring, errors and the CLI."""

@@ -1,0 +1,1 @@
+"""Documentation meta-tests: every component, error, setting and command is documented."""

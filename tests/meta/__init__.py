@@ -1,0 +1,1 @@
+"""Repository meta-tests: entry points cover the modules, tolerances stay tight."""

@@ -1,0 +1,1 @@
+"""Every shipped recipe validates."""
