@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from lmix_core import registries
+from lmix_core.config import build
 from lmix_core.interfaces.reward import RewardVerifier
 from lmix_core.rewards.pool import RewardPool
 from lmix_core.testing.reward import check_reward, nasty_samples
@@ -42,8 +43,6 @@ BRANCHES = [
 @pytest.mark.parametrize(("name", "params"), BRANCHES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BRANCHES)])
 def test_builtin_reward_passes_contract_on_other_settings(pool, name, params):
     """Built-in verifiers satisfy the contract with non-default settings too."""
-    from lmix_core.config import build
-
     cls = registries.rewards.get(name)
     check_reward(cls(build(cls.Config, params)), pool=pool)
 

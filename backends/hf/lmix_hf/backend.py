@@ -1,0 +1,394 @@
+"""The Hugging Face transformers backend: small runs, tests and the demo, data-parallel under ``torchrun``."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, final
+
+import attrs
+import torch
+from attrs import validators as v
+
+from lmix_core.errors import BackendError, ConfigError
+from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
+from lmix_core.ops.update_average import step_averaged
+from lmix_core.types import Generation, GenerationRequest, MicroBatch, StepReport, TokenBatch, TokenStats
+from lmix_hf import checkpoint, distributed
+from lmix_hf.loading import head_weight, load_causal_lm, load_tokenizer, model_dir, quiet_progress
+from lmix_hf.lr_schedule import lr_at
+from lmix_hf.micro_batches import split_rows
+from lmix_hf.sampler import Sample, Sampler
+from lmix_hf.token_stats import token_stats
+
+
+def _betas(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError(f"'{attribute.name}' must be two numbers in [0, 1) (got {value!r})")
+
+
+@final
+class HFBackend(TrainerBackend):
+    r"""Trains a local transformers causal LM with AdamW; samples with :class:`lmix_hf.sampler.Sampler`.
+
+    Models: the policy is loaded from ``model`` (with its tokenizer and chat template); ``context.num_references``
+    frozen references (eval mode, no gradient, no optimiser state) are loaded from ``references`` in order, the
+    missing ones from ``model`` again (the initial, e.g. SFT, model). ``combiner.mix_logits`` reads the first
+    ``combiner.num_references`` of them; a KL penalty's ``ref_logp`` is the first reference alone.
+
+    Step: every micro-batch is split into chunks of ``micro_batch_size`` rows; each chunk is forwarded with
+    gradient, scored with ``lmix_core.ops.mixed_logprobs.mixed_token_stats`` (logp, entropy, ref_logp at the
+    objective's temperature), passed to the objective and back-propagated; gradients add up over chunks (the
+    loop's loss weights are precomputed for the whole step). Under ``torchrun`` the gradients are then averaged
+    over ranks (DDP's convention: each rank's loss weights should be normalised as for a single-process step on
+    that rank's share). The pre-clip norm is reported, the gradient clipped to ``grad_clip`` and AdamW steps at
+    ``lr_at(step)``. With two optimiser states (``parallel_average``), group ``k`` goes through AdamW state ``k``
+    and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k``. A non-finite loss or
+    gradient norm leaves every parameter and optimiser state untouched and returns ``skipped=True``.
+
+    AdamW follows ``torch.optim.AdamW``; weight decay applies to matrices (``ndim ≥ 2``) only, not to biases and
+    norm gains (the transformers Trainer convention). ``bfloat16`` keeps parameters and optimiser moments in
+    bf16 (pure bf16 training); log-probs are computed in float32 chunk by chunk. Dropout follows the model config
+    (training forwards run in train mode, scoring and sampling in eval mode).
+    """
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        """HF backend parameters.
+
+        Attributes:
+            model: local Hugging Face causal-LM directory of the policy (with its tokenizer).
+            references: frozen reference model directories; missing ones default to ``model``.
+            dtype: parameter dtype, ``float32`` or ``bfloat16``.
+            device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+            lr: peak learning rate.
+            weight_decay: AdamW decoupled weight decay (matrices only).
+            betas: AdamW ``(β1, β2)``.
+            adam_eps: AdamW ε.
+            grad_clip: max global gradient norm per optimiser state; 0 disables clipping.
+            lr_schedule: decay after warm-up: ``constant``, ``cosine`` or ``linear``.
+            warmup_steps: linear warm-up steps.
+            total_steps: steps the decay spans (required by ``cosine`` and ``linear``).
+            min_lr_ratio: final learning rate as a fraction of ``lr``.
+            micro_batch_size: rows per forward/backward pass.
+            gradient_checkpointing: recompute decoder activations in backward to save memory.
+            attn_implementation: ``sdpa`` or ``eager``.
+            logprob_chunk_size: tokens per chunk of ``[chunk, V]`` logits; 0 picks it from the vocabulary size.
+            distributed_timeout_s: collective timeout under torchrun.
+        """
+
+        model: str = ""
+        references: tuple[str, ...] = ()
+        dtype: Literal["float32", "bfloat16"] = attrs.field(
+            default="float32", validator=v.in_(("float32", "bfloat16"))
+        )
+        device: Literal["auto", "cpu", "cuda"] = attrs.field(
+            default="auto", validator=v.in_(("auto", "cpu", "cuda"))
+        )
+        lr: float = attrs.field(default=1e-5, validator=v.gt(0.0))
+        weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+        betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
+        adam_eps: float = attrs.field(default=1e-8, validator=v.gt(0.0))
+        grad_clip: float = attrs.field(default=1.0, validator=v.ge(0.0))
+        lr_schedule: Literal["constant", "cosine", "linear"] = attrs.field(
+            default="constant", validator=v.in_(("constant", "cosine", "linear"))
+        )
+        warmup_steps: int = attrs.field(default=0, validator=v.ge(0))
+        total_steps: int = attrs.field(default=0, validator=v.ge(0))
+        min_lr_ratio: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)])
+        micro_batch_size: int = attrs.field(default=8, validator=v.ge(1))
+        gradient_checkpointing: bool = False
+        attn_implementation: Literal["sdpa", "eager"] = attrs.field(
+            default="sdpa", validator=v.in_(("sdpa", "eager"))
+        )
+        logprob_chunk_size: int = attrs.field(default=0, validator=v.ge(0))
+        distributed_timeout_s: float = attrs.field(default=1800.0, validator=v.gt(0.0))
+
+        def __attrs_post_init__(self) -> None:
+            if self.lr_schedule != "constant" and self.total_steps <= self.warmup_steps:
+                raise ConfigError(
+                    f"'total_steps' must exceed 'warmup_steps' ({self.warmup_steps}) for lr_schedule "
+                    f"{self.lr_schedule!r} (got {self.total_steps})"
+                )
+
+    def __init__(self, config: Config, context: BackendContext) -> None:
+        super().__init__(config, context)
+        if context.num_optimizer_states not in (1, 2):
+            raise BackendError(
+                f"the HF backend keeps 1 or 2 optimiser states (asked for {context.num_optimizer_states})"
+            )
+        if len(context.update_weights) != context.num_optimizer_states:
+            raise BackendError(
+                f"context.update_weights has {len(context.update_weights)} weights for "
+                f"{context.num_optimizer_states} optimiser state(s)"
+            )
+        if context.combiner.num_references > context.num_references:
+            raise BackendError(
+                f"the combiner mixes {context.combiner.num_references} reference(s) but the context asks the backend "
+                f"to load only {context.num_references}"
+            )
+        if not config.model:
+            raise BackendError(
+                "backend.model is not set; build a model with `lmix demo` or point backend.model at a local Hugging "
+                "Face model directory"
+            )
+        policy_dir = model_dir(config.model, field="backend.model")
+        ref_dirs = [
+            model_dir(config.references[k], field=f"backend.references[{k}]")
+            if k < len(config.references)
+            else policy_dir
+            for k in range(context.num_references)
+        ]
+        self._topology = distributed.setup(device=config.device, timeout_s=config.distributed_timeout_s)
+        torch.manual_seed(context.seed + self._topology.rank)
+        device = self._topology.device
+        self._tokenizer = load_tokenizer(policy_dir)
+        self._policy = load_causal_lm(
+            policy_dir, dtype=config.dtype, attn_implementation=config.attn_implementation, device=device
+        )
+        self._policy.eval()
+        if config.gradient_checkpointing:
+            self._policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._references = []
+        for k, ref_dir in enumerate(ref_dirs):
+            ref = load_causal_lm(
+                ref_dir, dtype=config.dtype, attn_implementation=config.attn_implementation, device=device
+            )
+            ref.requires_grad_(False).eval()
+            if head_weight(ref).shape[0] != head_weight(self._policy).shape[0]:
+                raise BackendError(
+                    f"backend.references[{k}] ({str(ref_dir)!r}) has a vocabulary of {head_weight(ref).shape[0]} "
+                    f"tokens, the policy {head_weight(self._policy).shape[0]}; references must share the tokenizer"
+                )
+            self._references.append(ref)
+        self._params = [p for p in self._policy.parameters() if p.requires_grad]
+        self._optimizers = [self._adamw() for _ in range(context.num_optimizer_states)]
+        self._sampler = Sampler(self._tokenizer)
+
+    def _adamw(self) -> torch.optim.AdamW:
+        decay = [p for p in self._params if p.dim() >= 2]
+        rest = [p for p in self._params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=self.config.lr,
+            betas=self.config.betas,
+            eps=self.config.adam_eps,
+        )
+
+    # -- topology --------------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self._topology.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._topology.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self._topology.rank == 0
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        return distributed.mean_over_ranks(values, self._topology)
+
+    def barrier(self) -> None:
+        distributed.barrier(self._topology)
+
+    def close(self) -> None:
+        distributed.teardown(self._topology)
+
+    # -- models ----------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def policy(self) -> Any:
+        """The trainable transformers model."""
+        return self._policy
+
+    @property
+    def references(self) -> tuple[Any, ...]:
+        """The frozen reference models, in order."""
+        return tuple(self._references)
+
+    @property
+    def device(self) -> torch.device:
+        return self._topology.device
+
+    def _mixing(self, distribution: str, step: int) -> tuple[list[Any], Any]:
+        """The reference models and mix function of a distribution (``policy``: none)."""
+        if distribution == "policy":
+            return [], None
+        combiner = self.context.combiner
+        return self._references[: combiner.num_references], functools.partial(combiner.mix_logits, step=step)
+
+    def sample(self, request: GenerationRequest, /) -> Sample:
+        """Like :meth:`generate`, also returning the sampled tokens' log-probs under the sampling distribution."""
+        refs, mix = self._mixing(request.distribution, request.step)
+        self._policy.eval()
+        return self._sampler.sample(request, self._policy, refs, mix)
+
+    def generate(self, request: GenerationRequest, /) -> Generation:
+        return self.sample(request).generation
+
+    def score(
+        self,
+        batch: TokenBatch,
+        /,
+        *,
+        temperature: float = 1.0,
+        entropy: bool = False,
+        ref_logp: bool = False,
+        step: int = 0,
+    ) -> TokenStats:
+        if ref_logp and not self._references:
+            raise BackendError(
+                "ref_logp was asked for, but the backend loaded no reference (context.num_references = 0)"
+            )
+        self._policy.eval()
+        parts = []
+        n = batch.num_rows
+        size = self.config.micro_batch_size
+        with torch.no_grad():
+            for start in range(0, n, size):
+                parts.append(
+                    self._stats(
+                        batch.select(slice(start, min(start + size, n))), temperature, entropy, ref_logp, step
+                    )
+                )
+        if not parts:
+            return self._stats(batch, temperature, entropy, ref_logp, step)
+
+        def cat(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values).cpu()
+
+        return TokenStats(logp=cat("logp"), entropy=cat("entropy"), ref_logp=cat("ref_logp"))
+
+    def _stats(
+        self, batch: TokenBatch, temperature: float, entropy: bool, ref_logp: bool, step: int
+    ) -> TokenStats:
+        refs, mix = self._mixing(batch.distribution, step)
+        return token_stats(
+            batch,
+            policy=self._policy,
+            mix_refs=refs,
+            mix=mix,
+            kl_ref=self._references[0] if ref_logp else None,
+            temperature=temperature,
+            entropy=entropy,
+            chunk_size=self.config.logprob_chunk_size or None,
+            device=self.device,
+        )
+
+    # -- training --------------------------------------------------------------------------------------------
+    def train_step(
+        self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
+    ) -> StepReport:
+        K = self.context.num_optimizer_states
+        if len(groups) != K:
+            raise BackendError(
+                f"train_step got {len(groups)} micro-batch group(s) for {K} optimiser state(s)"
+            )
+        if objective.needs_ref_logp and not self._references:
+            raise BackendError(
+                "the objective needs ref_logp, but the backend loaded no reference (num_references = 0)"
+            )
+        cfg = self.config
+        lr = lr_at(
+            step,
+            lr=cfg.lr,
+            shape=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.total_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        metric_sums: dict[str, float] = {}
+        chunks = 0
+        norms: list[float] = []
+        grads: list[list[torch.Tensor | None]] = []
+        self._policy.train()
+        try:
+            for group in groups:
+                for p in self._params:
+                    p.grad = None
+                for mb in group:
+                    for chunk in split_rows(mb, cfg.micro_batch_size, self.device):
+                        stats = self._stats(
+                            chunk.tokens,
+                            objective.temperature,
+                            objective.needs_entropy,
+                            objective.needs_ref_logp,
+                            step,
+                        )
+                        out = objective(stats, chunk)
+                        if out.loss.requires_grad:
+                            out.loss.backward()
+                        loss_sum += out.loss.detach().to(torch.float64)
+                        for name, value in out.metrics.items():
+                            metric_sums[name] = metric_sums.get(name, 0.0) + float(value)
+                        chunks += 1
+                distributed.average_gradients(self._params, self._topology)
+                clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+                norm = torch.nn.utils.clip_grad_norm_(self._params, clip, error_if_nonfinite=False)
+                norms.append(float(norm))
+                if K > 1:
+                    grads.append([p.grad for p in self._params])
+        finally:
+            self._policy.eval()
+        loss = float(distributed.mean_tensor(loss_sum, self._topology))
+        metrics = {k: s / max(chunks, 1) for k, s in metric_sums.items()}
+        metrics = distributed.mean_over_ranks(metrics, self._topology)
+        if not (math.isfinite(loss) and all(math.isfinite(n) for n in norms)):
+            for p in self._params:
+                p.grad = None
+            return StepReport(loss=loss, grad_norms=tuple(norms), skipped=True, metrics=metrics)
+        if K == 1:
+            self._optimizers[0].step()
+        else:
+            step_averaged(self._params, grads, self._optimizers, self.context.update_weights)
+        for p in self._params:
+            p.grad = None
+        return StepReport(loss=loss, grad_norms=tuple(norms), skipped=False, metrics=metrics)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, /) -> None:
+        checkpoint.save(
+            Path(path),
+            topology=self._topology,
+            model=self._policy,
+            optimizers=self._optimizers,
+            meta=self._meta(),
+        )
+
+    def load_checkpoint(self, path: Path, /) -> None:
+        checkpoint.load(
+            Path(path),
+            topology=self._topology,
+            model=self._policy,
+            optimizers=self._optimizers,
+            meta=self._meta(),
+        )
+
+    def _meta(self) -> dict[str, Any]:
+        return {"dtype": self.config.dtype}
+
+    def save_pretrained(self, path: Path, /) -> None:
+        path = Path(path)
+        if self.is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            with quiet_progress():
+                self._policy.save_pretrained(path)
+            self._tokenizer.save_pretrained(path)
+        self.barrier()

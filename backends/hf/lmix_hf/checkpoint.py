@@ -1,0 +1,103 @@
+"""The HF backend's resumable state on disk.
+
+Layout of a checkpoint directory (written into the empty directory the loop provides; the loop renames it into
+place, which makes the checkpoint atomic):
+
+    backend.json        format version, world size, optimiser-state count, dtype, policy source
+    model.pt            the policy's ``state_dict`` (exact tensors, tied weights shared)
+    optimizer_<k>.pt    AdamW state ``k`` (moments and step counts)
+    rng_rank<r>.pt      torch CPU (and CUDA) generator state of rank ``r``
+
+The learning-rate schedule is a function of the step (:mod:`lmix_hf.lr_schedule`), so there is no scheduler state.
+Frozen references are not saved: they are reloaded from their directories, which training never changes.
+The main rank writes the shared files, every rank its RNG file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmix_core.errors import BackendError
+from lmix_hf.distributed import Topology, barrier
+
+FORMAT = 1
+
+
+def save(
+    path: Path,
+    *,
+    topology: Topology,
+    model: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    meta: Mapping[str, Any],
+) -> None:
+    """Write the model, optimiser states and this rank's RNG under ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    if topology.rank == 0:
+        info = {
+            "format": FORMAT,
+            "world_size": topology.world_size,
+            "optimizer_states": len(optimizers),
+            **meta,
+        }
+        (path / "backend.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        torch.save(model.state_dict(), path / "model.pt")
+        for k, opt in enumerate(optimizers):
+            torch.save(opt.state_dict(), path / f"optimizer_{k}.pt")
+    torch.save(_rng_state(topology), path / f"rng_rank{topology.rank}.pt")
+    barrier(topology)
+
+
+def load(
+    path: Path,
+    *,
+    topology: Topology,
+    model: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    meta: Mapping[str, Any],
+) -> None:
+    """Restore what :func:`save` wrote; raise BackendError when the checkpoint does not fit this backend."""
+    info_file = path / "backend.json"
+    if not info_file.is_file():
+        raise BackendError(f"{str(path)!r} is not an HF-backend checkpoint (no backend.json)")
+    info = json.loads(info_file.read_text())
+    if info.get("format") != FORMAT:
+        raise BackendError(
+            f"checkpoint {str(path)!r} has format {info.get('format')!r}; this backend reads {FORMAT}"
+        )
+    if info.get("optimizer_states") != len(optimizers):
+        raise BackendError(
+            f"checkpoint {str(path)!r} holds {info.get('optimizer_states')} optimiser state(s) but the run uses "
+            f"{len(optimizers)} (the mixer's num_optimizer_states changed)"
+        )
+    for key, value in meta.items():
+        if info.get(key) != value:
+            raise BackendError(
+                f"checkpoint {str(path)!r} was written with {key}={info.get(key)!r}, not {value!r}"
+            )
+    device = next(model.parameters()).device
+    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+    for k, opt in enumerate(optimizers):
+        opt.load_state_dict(torch.load(path / f"optimizer_{k}.pt", map_location=device, weights_only=True))
+    rng_file = path / f"rng_rank{topology.rank}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=True), topology)
+    barrier(topology)
+
+
+def _rng_state(topology: Topology) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if topology.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(topology.device)
+    return state
+
+
+def _set_rng_state(state: Mapping[str, torch.Tensor], topology: Topology) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and topology.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], topology.device)

@@ -1,0 +1,134 @@
+"""Data parallelism under ``torchrun``: process-group set-up and gradient averaging.
+
+The backend does not wrap the model in ``DistributedDataParallel``: it forwards ``model.base_model`` and applies
+the LM head itself (chunked log-probs), which bypasses DDP's ``forward`` hooks. Instead, after a group's
+micro-batches have all been back-propagated locally, :func:`average_gradients` all-reduces every gradient once,
+in one flat buffer (one collective per optimiser state and step, the same traffic as DDP's buckets with
+``no_sync`` during accumulation). Gradients are *averaged* over ranks, DDP's convention.
+
+The process group is created only when ``WORLD_SIZE > 1`` and none exists yet: gloo on CPU, NCCL on CUDA, with a
+timeout so a rank that dies does not hang the others forever.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping, Sequence
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lmix_core.errors import BackendError
+
+
+@attrs.frozen(kw_only=True)
+class Topology:
+    """Where this process sits.
+
+    Attributes:
+        rank: global rank (0 when not distributed).
+        world_size: number of ranks.
+        local_rank: rank on this node (selects the CUDA device).
+        device: the device this rank computes on.
+        owns_group: whether this backend created the process group (and destroys it in ``close``).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(*, device: str, timeout_s: float) -> Topology:
+    """Read ``torchrun``'s environment, pick the device and join (or create) the process group.
+
+    Args:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        timeout_s: collective timeout in seconds.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise BackendError("backend.device = 'cuda' but no CUDA device is available")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size <= 1:
+        return Topology(device=dev)
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            **({"device_id": dev} if use_cuda else {}),
+        )
+        owns = True
+    if dist.get_world_size() != world_size or dist.get_rank() != rank:
+        raise BackendError(
+            f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with torchrun's "
+            f"environment (RANK={rank}, WORLD_SIZE={world_size})"
+        )
+    return Topology(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], topology: Topology) -> None:
+    """Replace each ``p.grad`` by its mean over ranks (a missing gradient counts as zeros, and is then set)."""
+    if not topology.distributed:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])  # [P]
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(topology.world_size)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).to(g.dtype).clone()
+        offset += n
+
+
+def mean_over_ranks(values: Mapping[str, float], topology: Topology) -> dict[str, float]:
+    """Mean of scalar metrics over ranks; every rank must pass the same keys."""
+    if not topology.distributed or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor(
+        [float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device(topology)
+    )
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= topology.world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def mean_tensor(value: Tensor, topology: Topology) -> Tensor:
+    """Mean of a scalar tensor over ranks (NaN anywhere gives NaN everywhere)."""
+    if not topology.distributed:
+        return value
+    t = value.detach().to(device=_collective_device(topology), dtype=torch.float64).reshape(1)  # [1]
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / topology.world_size).reshape(())
+
+
+def barrier(topology: Topology) -> None:
+    if topology.distributed:
+        dist.barrier()
+
+
+def teardown(topology: Topology) -> None:
+    if topology.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective_device(topology: Topology) -> torch.device:
+    return topology.device if topology.device.type == "cuda" else torch.device("cpu")

@@ -1,0 +1,51 @@
+"""A preallocated key/value cache for incremental decoding with transformers decoder layers.
+
+transformers' ``DynamicCache`` grows each layer's keys and values with ``torch.cat`` at every step, which copies
+the whole cache per token. :class:`KVBuffer` allocates ``[B, H_kv, S_max, D]`` once per layer (on the first
+``update``) and writes each step's keys and values in place; attention reads a view of the filled part.
+
+It implements the one method transformers' attention layers call on ``past_key_values``,
+``update(key_states, value_states, layer_idx)``. The caller passes ready-made 4-D masks and explicit position ids,
+so nothing else of the ``Cache`` API is used. The caller advances :attr:`length` after each forward pass (every
+layer writes at the same offset within one pass).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+class KVBuffer:
+    """Keys and values of every layer for ``max_length`` positions, filled left to right.
+
+    Args:
+        max_length: the longest sequence the buffer holds (prompt plus new tokens).
+    """
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.length = 0
+        self._keys: dict[int, Tensor] = {}
+        self._values: dict[int, Tensor] = {}
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: object, **kwargs: object
+    ):
+        """Store ``[B, H_kv, q, D]`` keys/values at positions ``length … length+q-1``; return the filled views."""
+        start, stop = self.length, self.length + key_states.shape[-2]
+        if stop > self.max_length:
+            raise ValueError(f"KVBuffer holds {self.max_length} positions; a write would reach {stop}")
+        keys = self._keys.get(layer_idx)
+        if keys is None:
+            B, H, _, D = key_states.shape
+            keys = key_states.new_empty(B, H, self.max_length, D)  # [B, H_kv, S_max, D]
+            self._keys[layer_idx] = keys
+            self._values[layer_idx] = value_states.new_empty(B, H, self.max_length, value_states.shape[-1])
+        values = self._values[layer_idx]
+        keys[:, :, start:stop] = key_states
+        values[:, :, start:stop] = value_states
+        return keys[:, :, :stop], values[:, :, :stop]  # [B, H_kv, stop, D], [B, H_kv, stop, D]
+
+    def advance(self, steps: int) -> None:
+        """Mark ``steps`` more positions as filled (after a forward pass over ``steps`` tokens)."""
+        self.length += steps

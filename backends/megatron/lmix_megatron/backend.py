@@ -1,0 +1,731 @@
+"""The ``megatron`` trainer backend: tensor × pipeline × data parallel training on megatron-core under torchrun."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, final
+
+import attrs
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from attrs import validators as v
+from torch import Tensor
+
+from lmix_core.errors import BackendError, ConfigError
+from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
+from lmix_core.types import Generation, GenerationRequest, MicroBatch, StepReport, TokenBatch, TokenStats
+from lmix_megatron import batching, checkpoint, compat, parallel, vocab_parallel
+from lmix_megatron.batching import Packed
+from lmix_megatron.model import DTYPES, Arch, hidden_states_output
+
+__all__ = ["MegatronBackend"]
+
+
+def _betas(instance: Any, attribute: Any, value: tuple[float, float]) -> None:
+    if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError(f"'{attribute.name}' must be two numbers in [0, 1) (got {value!r})")
+
+
+@final
+class MegatronBackend(TrainerBackend):
+    r"""Trains an HF Llama/Qwen2/Qwen3 checkpoint as a megatron-core ``GPTModel`` over TP × PP × DP processes.
+
+    Launch with ``torchrun --nproc_per_node N [--nnodes M ...] -m lmix run recipe.toml``; ``dp = world / (tp·pp)``.
+    The recipe is the HF backend's with only ``[backend]`` changed.
+
+    Per micro-batch the loss sees the statistics of the combined distribution
+
+    .. math::  log π(a) = \log softmax(\mathrm{mix}(z_θ, sg(z_{ref})) / T)[a]
+
+    computed from TP-split logits (:mod:`lmix_megatron.vocab_parallel`) for the scored tokens only, in token chunks
+    recomputed in backward (activation checkpointing of the output layer), so no ``[N, S, V]`` tensor is built.
+
+    Reference model (option "2b" of the design note): a frozen ``GPTModel`` with the policy's TP/PP layout runs a
+    separate forward-only pipeline pass per ``train_step``/``score`` call and stores, on the last stage, only its
+    final hidden states at the scored positions (``T × h``, not ``T × V/TP`` logits); the loss recomputes
+    ``z_ref = h_ref · W_refᵀ`` chunk by chunk. Measurements in ``docs/megatron.md``.
+
+    Sampling goes through a rollout engine on each replica's leader (:mod:`lmix_megatron.rollout`), refreshed
+    from the megatron weights after every update. Checkpoints are megatron ``dist_checkpointing`` (model and
+    distributed optimizer, reshardable); the final model is exported in HF format.
+
+    Peer convention: verl / NeMo-RL / slime keep the reference's log-probs only; logit averaging needs the whole
+    reference distribution, hence the stored hidden states.
+    """
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        """Megatron backend parameters.
+
+        Attributes:
+            model: HF model directory (Llama, Qwen2 or Qwen3 architecture), or a megatron directory written by
+                ``lmix convert hf2mcore`` or by a checkpoint (each rank then reads only its shards).
+            references: HF directories of the frozen references; when fewer than the run needs, the initial
+                policy (``model``) fills in (the usual "reference = SFT model" case).
+            tp: tensor-parallel size.
+            pp: pipeline-parallel size (must divide the number of layers).
+            dtype: parameter dtype; ``bfloat16`` wraps the model in megatron's ``Float16Module`` and keeps fp32
+                main weights in the distributed optimizer.
+            sequence_parallel: shard activations along the sequence between TP regions (tp > 1 only).
+            layer_spec: ``auto`` (Transformer Engine on GPU when installed, else local), ``te`` or ``local``.
+            lr: peak learning rate.
+            weight_decay: AdamW decoupled weight decay, on matrices only (not on biases and norm weights: the HF
+                backend's convention and megatron's default).
+            betas: AdamW ``(β1, β2)``.
+            adam_eps: AdamW ε.
+            grad_clip: clip the global gradient norm to this (0 disables clipping).
+            lr_schedule: decay after warm-up: ``constant``, ``cosine`` or ``linear`` (``lmix_hf.lr_schedule``).
+            warmup_steps: linear warm-up steps.
+            total_steps: steps the decay spans (required by ``cosine`` and ``linear``).
+            min_lr_ratio: final learning rate as a fraction of ``lr``.
+            micro_batch_size: rows per megatron micro-batch (the loop's micro-batches are split by rows; the
+                objective's token weights make the pieces add up exactly).
+            logits_chunk_tokens: scored tokens per output-layer chunk (each chunk's logits are recomputed in
+                backward); 0 puts all scored tokens of a micro-batch in one chunk.
+            vocab_mix: how the combiner's ``mix_logits`` meets the TP-split vocabulary: ``auto`` (shard-wise when
+                the combiner is vocab-local, else gather), ``shard`` (refuse a non-local combiner), ``gather``.
+            recompute: ``full`` recomputes each transformer layer in backward (megatron's activation recompute).
+            rollout_engine: where rollouts are sampled (``hf``: in-process transformers copy on each replica's
+                leader).
+            distributed_timeout_s: process-group timeout; a rank that dies or hangs ends its peers' collectives
+                with an error after this long.
+        """
+
+        model: str = ""
+        references: tuple[str, ...] = ()
+        tp: int = attrs.field(default=1, validator=v.ge(1))
+        pp: int = attrs.field(default=1, validator=v.ge(1))
+        dtype: Literal["float32", "bfloat16"] = attrs.field(default="float32", validator=v.in_(DTYPES))
+        sequence_parallel: bool = False
+        layer_spec: Literal["auto", "te", "local"] = attrs.field(
+            default="auto", validator=v.in_(("auto", "te", "local"))
+        )
+        lr: float = attrs.field(default=1e-5, validator=v.gt(0.0))
+        weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+        betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
+        adam_eps: float = attrs.field(default=1e-8, validator=v.gt(0.0))
+        grad_clip: float = attrs.field(default=1.0, validator=v.ge(0.0))
+        lr_schedule: Literal["constant", "cosine", "linear"] = attrs.field(
+            default="constant", validator=v.in_(("constant", "cosine", "linear"))
+        )
+        warmup_steps: int = attrs.field(default=0, validator=v.ge(0))
+        total_steps: int = attrs.field(default=0, validator=v.ge(0))
+        min_lr_ratio: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)])
+        micro_batch_size: int = attrs.field(default=8, validator=v.ge(1))
+        logits_chunk_tokens: int = attrs.field(default=2048, validator=v.ge(0))
+        vocab_mix: Literal["auto", "shard", "gather"] = attrs.field(
+            default="auto", validator=v.in_(("auto", "shard", "gather"))
+        )
+        recompute: Literal["none", "full"] = attrs.field(default="none", validator=v.in_(("none", "full")))
+        rollout_engine: Literal["hf"] = attrs.field(default="hf", validator=v.in_(("hf",)))
+        distributed_timeout_s: float = attrs.field(default=1800.0, validator=v.gt(0.0))
+
+        def __attrs_post_init__(self) -> None:
+            if self.lr_schedule != "constant" and self.total_steps <= self.warmup_steps:
+                raise ConfigError(
+                    f"'total_steps' must exceed 'warmup_steps' ({self.warmup_steps}) for lr_schedule "
+                    f"{self.lr_schedule!r} (got {self.total_steps})"
+                )
+            if self.sequence_parallel and self.tp == 1:
+                raise ConfigError("'sequence_parallel' needs tp > 1 (got tp=1)")
+
+    def __init__(self, config: Config, context: BackendContext) -> None:
+        super().__init__(config, context)
+        if context.num_optimizer_states != 1:
+            raise BackendError(
+                f"the megatron backend supports one optimiser state (the mixer asks for "
+                f"{context.num_optimizer_states}: parallel update averaging); use backend type 'hf' for it"
+            )
+        if not config.model:
+            raise BackendError(
+                "backend.model is not set; point it at a local Hugging Face model directory (Llama, Qwen2 or "
+                "Qwen3) or at a megatron directory written by `lmix convert hf2mcore`"
+            )
+        if context.combiner.num_references > context.num_references:
+            raise BackendError(
+                f"the combiner mixes {context.combiner.num_references} reference(s) but the context asks the backend "
+                f"to load only {context.num_references}"
+            )
+        compat.install()
+        timeout = config.distributed_timeout_s
+        self._owns_pg = parallel.init_distributed(timeout_s=timeout)
+        parallel.init_model_parallel(tp=config.tp, pp=config.pp, timeout_s=timeout)
+        self.topo = parallel.Topology()
+        self._seed_rng(context.seed)
+        self._model_dir, self._hf_side = self._resolve_model(Path(config.model))
+        from lmix_megatron.convert import read_hf_config
+
+        self.hf_config = read_hf_config(self._hf_side)
+        self.arch = Arch.from_hf(self.hf_config)
+        self.arch.check_parallel(tp=config.tp, pp=config.pp)
+        self._tokenizer: Any = None
+        self._build_policy()
+        self._build_references()
+        self._build_optimizer()
+        self._engine: Any = None
+        self._engine_version = -1
+        self._version = 0
+        self._mix_local: dict[int, bool] = {}
+
+    # -- construction ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_model(path: Path) -> tuple[Path, Path]:
+        """``(weights dir, HF side-files dir)``: an HF dir is both; a megatron dir keeps its HF files in ``hf/``."""
+        if (path / "lmix_megatron.json").exists():
+            return path, path / "hf"
+        if not (path / "config.json").exists():
+            raise BackendError(
+                f"backend.model {str(path)!r} is neither an HF model directory (config.json) nor a megatron "
+                "directory written by lmix (lmix_megatron.json)"
+            )
+        return path, path
+
+    def _seed_rng(self, seed: int) -> None:
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        state = torch.get_rng_state()  # on CPU the compat layer maps megatron's RNG onto the CPU generator
+        model_parallel_cuda_manual_seed(seed)
+        torch.set_rng_state(state)
+
+    def _tconfig(self) -> Any:
+        from lmix_megatron.model import transformer_config
+
+        c = self.config
+        return transformer_config(
+            self.arch,
+            tp=c.tp,
+            pp=c.pp,
+            dtype=c.dtype,
+            sequence_parallel=c.sequence_parallel,
+            recompute=c.recompute == "full",
+        )
+
+    def _build_stage(self) -> tuple[Any, Any, Any]:
+        """``(GPTModel, its config, the module to call)`` for this rank; Float16Module-wrapped in bf16."""
+        from megatron.core.transformer.module import Float16Module
+
+        from lmix_megatron.model import build_gpt_model, resolve_spec_kind
+
+        tconfig = self._tconfig()
+        gpt = build_gpt_model(self.arch, tconfig, kind=resolve_spec_kind(self.config.layer_spec))
+        module = Float16Module(tconfig, gpt) if self.config.dtype == "bfloat16" else gpt
+        return gpt, tconfig, module
+
+    def _load_weights(self, gpt: Any, directory: Path) -> None:
+        from lmix_megatron.convert import HFWeights, load_hf_weights
+
+        if (directory / "lmix_megatron.json").exists():
+            checkpoint.load(directory, model=gpt, optimizer=None)
+        else:
+            load_hf_weights(gpt, self.arch, HFWeights(directory).get)
+
+    def _build_policy(self) -> None:
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        self.gpt, self.tconfig, module = self._build_stage()
+        self._load_weights(self.gpt, self._model_dir)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            overlap_param_gather=False,
+            use_distributed_optimizer=True,
+            check_for_nan_in_grad=False,
+        )
+        self.model = DistributedDataParallel(self.tconfig, ddp_config, module)
+        self.model.broadcast_params()
+
+    def _build_references(self) -> None:
+        refs = [Path(p) for p in self.config.references]
+        n = self.context.num_references
+        if len(refs) > n:
+            refs = refs[:n]
+        refs += [self._model_dir] * (n - len(refs))
+        self.reference_dirs = refs
+        self.refs: list[tuple[Any, Any]] = []
+        for directory in refs:
+            ref_arch = self._ref_arch(directory)
+            if ref_arch != self.arch:
+                raise BackendError(
+                    f"reference {str(directory)!r} has a different architecture from the policy; the megatron "
+                    "backend runs references in the policy's layout, so they must share its config"
+                )
+            gpt, tconfig, module = self._build_stage()
+            self._load_weights(gpt, directory)
+            module.requires_grad_(False)
+            module.eval()
+            self.refs.append((gpt, module))
+
+    def _ref_arch(self, directory: Path) -> Arch:
+        from lmix_megatron.convert import read_hf_config
+
+        _, side = self._resolve_model(directory)
+        return Arch.from_hf(read_hf_config(side))
+
+    def _build_optimizer(self) -> None:
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        c = self.config
+        ocfg = OptimizerConfig(
+            optimizer="adam",
+            lr=c.lr,
+            min_lr=c.lr * c.min_lr_ratio,
+            weight_decay=c.weight_decay,
+            adam_beta1=c.betas[0],
+            adam_beta2=c.betas[1],
+            adam_eps=c.adam_eps,
+            clip_grad=c.grad_clip,
+            bf16=c.dtype == "bfloat16",
+            params_dtype=DTYPES[c.dtype],
+            use_distributed_optimizer=True,
+        )
+        self.optimizer = get_megatron_optimizer(ocfg, [self.model])
+        checkpoint.install_adam_checkpoint_fixes(self.optimizer)
+        self.tconfig.finalize_model_grads_func = finalize_model_grads
+        self.tconfig.grad_scale_func = self.optimizer.scale_loss
+        self.tconfig.no_sync_func = self.model.no_sync
+
+    # -- topology --------------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.topo.dp_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.topo.dp
+
+    @property
+    def is_main(self) -> bool:
+        return dist.get_rank() == 0
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.topo.dp == 1 or not values:
+            return dict(values)
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=parallel.device())
+        dist.all_reduce(t, group=self.topo.dp_group)
+        return {k: float(x) / self.topo.dp for k, x in zip(keys, t.tolist())}
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    # -- models ----------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            import transformers
+
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self._hf_side))
+        return self._tokenizer
+
+    def _lr(self, step: int) -> float:
+        from lmix_hf.lr_schedule import lr_at
+
+        c = self.config
+        return lr_at(
+            step,
+            lr=c.lr,
+            shape=c.lr_schedule,
+            warmup_steps=c.warmup_steps,
+            total_steps=c.total_steps,
+            min_lr_ratio=c.min_lr_ratio,
+        )
+
+    def _set_lr(self, step: int) -> None:
+        """Learning rate and weight decay of every param group for this step.
+
+        Megatron marks groups with ``lr_mult``/``wd_mult`` (``wd_mult = 0`` for biases and norm weights) and
+        relies on Megatron-LM's scheduler to apply them; without it torch's AdamW would decay every group with the
+        default ``weight_decay``, so lmix applies the multipliers here.
+        """
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+            group["weight_decay"] = self.config.weight_decay * group.get("wd_mult", 1.0)
+
+    def _output_weight(self, gpt: Any) -> Tensor:
+        return gpt.shared_embedding_or_output_weight() if self.arch.tied else gpt.output_layer.weight
+
+    def _mix(self, step: int) -> tuple[Callable[[Tensor, Sequence[Tensor]], Tensor], bool]:
+        """The combiner's mix with ``step`` bound, and whether to gather the vocabulary for it."""
+        combiner = self.context.combiner
+        mix = partial(combiner.mix_logits, step=step)
+        if self.config.vocab_mix == "gather":
+            return mix, True
+        if step not in self._mix_local:
+            self._mix_local[step] = vocab_parallel.is_vocab_local(mix, combiner.num_references)
+        local = self._mix_local[step]
+        if not local and self.config.vocab_mix == "shard":
+            raise BackendError(
+                f"combiner {type(combiner).__name__}'s mix_logits is not vocab-local (it uses a statistic of the "
+                "whole vocabulary), so it cannot be applied to TP shards; set backend.vocab_mix = 'auto' or "
+                "'gather' to gather the vocabulary for it"
+            )
+        return mix, not local
+
+    def _broadcast(self, obj: Any) -> Any:
+        """``obj`` as the replica's leader has it, on every rank of the replica."""
+        return parallel.broadcast_object(obj, src=self.topo.mp_leader, group=self.topo.mp_group)
+
+    def _pack(self, tokens: TokenBatch) -> Packed:
+        multiple = self.config.tp if self.tconfig.sequence_parallel else 1
+        return batching.pack(tokens, multiple=multiple)
+
+    # -- pipeline passes -------------------------------------------------------------------------------------
+    def _run(
+        self,
+        module: Any,
+        gpt: Any,
+        packs: Sequence[Packed],
+        loss_fn: Callable[[int, Tensor], tuple[Tensor, dict[str, Any]]],
+        *,
+        forward_only: bool,
+    ) -> list[dict[str, Any]]:
+        """One megatron schedule over ``packs``; ``loss_fn(i, hidden [s, b, h])`` runs on the last stage."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        dev = parallel.device()
+        items = iter(list(enumerate(packs)))
+
+        def forward_step(data_iterator: Any, model: Any) -> tuple[Tensor, Callable[[Tensor], Any]]:
+            i, pk = next(data_iterator)
+            ids = pk.input_ids.to(dev)  # [b, L]
+            pos = torch.arange(pk.seq_len, device=dev)[None].expand_as(ids)  # [b, L]
+            with hidden_states_output(gpt):
+                out = model(ids, pos, None)
+            return out, partial(loss_fn, i)
+
+        seq = max(pk.seq_len for pk in packs)
+        mbs = max(pk.num_rows for pk in packs)
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=items,
+            model=[module],
+            num_microbatches=len(packs),
+            seq_length=seq,
+            micro_batch_size=mbs,
+            forward_only=forward_only,
+        )
+
+    def _scored_hidden(self, h: Tensor, pk: Packed, *, grad: bool) -> Tensor:
+        """Final hidden states at the scored positions, ``[T, h]``, ready for the output layer's matmul."""
+        from megatron.core.tensor_parallel import (
+            copy_to_tensor_model_parallel_region,
+            gather_from_sequence_parallel_region,
+        )
+
+        if self.tconfig.sequence_parallel:
+            h = gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=grad)  # [s, b, h]
+            h = h.reshape(-1, h.shape[-1])[pk.h_index.to(h.device)]  # [T, h]
+            return h
+        h = h.reshape(-1, h.shape[-1])[pk.h_index.to(h.device)]  # [T, h]
+        return copy_to_tensor_model_parallel_region(h) if grad else h  # [T, h] (backward: TP all-reduce)
+
+    def _reference_hidden(self, packs: Sequence[Packed], needed: Sequence[bool]) -> dict[int, list[Tensor]]:
+        """Forward-only pass of every reference; on the last stage, ``{micro-batch: K × [T, h]}``."""
+        store: dict[int, list[Tensor]] = {i: [] for i, need in enumerate(needed) if need}
+        if not store or not self.refs:
+            return {}
+        index = [i for i, need in enumerate(needed) if need]
+        sub = [packs[i] for i in index]
+        for gpt, module in self.refs:
+
+            def keep(j: int, h: Tensor, _index: list[int] = index, _sub: list[Packed] = sub) -> Any:
+                store[_index[j]].append(self._scored_hidden(h, _sub[j], grad=False).detach())
+                return torch.zeros((), device=h.device), {}
+
+            with torch.no_grad():
+                self._run(module, gpt, sub, keep, forward_only=True)
+        return store
+
+    def _stats(
+        self,
+        h: Tensor,
+        pk: Packed,
+        refs_h: list[Tensor],
+        *,
+        distribution: str,
+        temperature: float,
+        want_entropy: bool,
+        want_ref_logp: bool,
+        step: int,
+        grad: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Per-token ``(logp, entropy, ref_logp)`` ``[T]`` of one micro-batch on the last stage."""
+        hs = self._scored_hidden(h, pk, grad=grad)  # [T, h]
+        w = self._output_weight(self.gpt)  # [V/TP, h]
+        w_refs = [self._output_weight(gpt) for gpt, _ in self.refs]
+        combined = distribution == "combined"
+        mix, gather = self._mix(step) if combined else (None, False)
+        n_mix = self.context.combiner.num_references if combined else 0
+        use_refs = max(n_mix, 1 if want_ref_logp else 0)
+        if len(refs_h) < use_refs:
+            raise BackendError(f"{use_refs} reference model(s) are needed; the run loaded {len(refs_h)}")
+        target = pk.target.to(hs.device)  # [T]
+        temperature = temperature if temperature > 0 else 1.0
+
+        def chunk(hc: Tensor, tc: Tensor, *rc: Tensor) -> tuple[Tensor, ...]:
+            z = F.linear(hc.to(w.dtype), w).float()  # [c, V/TP]
+            zr = [F.linear(r.to(wr.dtype), wr).float() for r, wr in zip(rc, w_refs)]  # K × [c, V/TP]
+            lp, ent = vocab_parallel.token_stats(
+                z,
+                zr[:n_mix],
+                tc,
+                mix=mix,
+                temperature=temperature,
+                vocab_size=self.arch.vocab_size,
+                want_entropy=want_entropy,
+                gather=gather,
+            )
+            out = (lp,) if ent is None else (lp, ent)
+            if want_ref_logp:
+                rlp = vocab_parallel.ref_log_probs(
+                    zr[0], tc, temperature=temperature, vocab_size=self.arch.vocab_size
+                )
+                out = (*out, rlp)
+            return out
+
+        size = self.config.logits_chunk_tokens or max(int(hs.shape[0]), 1)
+        starts = range(0, int(hs.shape[0]), size)
+        pieces: list[tuple[Tensor, ...]] = []
+        ref_inputs = refs_h[:use_refs]
+        for s in starts:
+            sl = slice(s, s + size)
+            args = (hs[sl], target[sl], *(r[sl] for r in ref_inputs))
+            if grad and len(starts) > 1:
+                from torch.utils.checkpoint import checkpoint as ckpt
+
+                pieces.append(ckpt(chunk, *args, use_reentrant=False))
+            else:
+                pieces.append(chunk(*args))
+        if not pieces:
+            pieces = [chunk(hs, target, *ref_inputs)]
+        cols = list(zip(*pieces))
+        logp = torch.cat(cols[0])  # [T]
+        ent = torch.cat(cols[1]) if want_entropy else None  # [T]
+        rlp = torch.cat(cols[-1]) if want_ref_logp else None  # [T]
+        return logp, ent, rlp
+
+    def _needs_refs(self, tokens: TokenBatch, want_ref_logp: bool) -> bool:
+        combined = tokens.distribution == "combined" and self.context.combiner.num_references > 0
+        return bool(self.refs) and (combined or want_ref_logp)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def score(
+        self,
+        batch: TokenBatch,
+        /,
+        *,
+        temperature: float = 1.0,
+        entropy: bool = False,
+        ref_logp: bool = False,
+        step: int = 0,
+    ) -> TokenStats:
+        batch = self._broadcast(batch)
+        parts = batching.split_tokens(batch, self.config.micro_batch_size)
+        packs = [self._pack(p) for p in parts]
+        ref_h = self._reference_hidden(packs, [self._needs_refs(p, ref_logp) for p in parts])
+        results: dict[int, tuple[Tensor, ...]] = {}
+
+        def loss_fn(i: int, h: Tensor) -> tuple[Tensor, dict[str, Any]]:
+            lp, ent, rlp = self._stats(
+                h,
+                packs[i],
+                ref_h.get(i, []),
+                distribution=parts[i].distribution,
+                temperature=temperature,
+                want_entropy=entropy,
+                want_ref_logp=ref_logp,
+                step=step,
+                grad=False,
+            )
+            results[i] = tuple(
+                batching.unpack(x, packs[i]).cpu() if x is not None else None for x in (lp, ent, rlp)
+            )
+            return torch.zeros((), device=h.device), {}
+
+        self.model.eval()
+        with torch.no_grad():
+            self._run(self.model, self.gpt, packs, loss_fn, forward_only=True)
+        self.model.train()
+        if self.topo.last_stage:
+            cols = list(zip(*(results[i] for i in range(len(packs)))))
+            out = tuple(
+                None if c[0] is None else batching.concat_rows(c)[:, : batch.input_ids.shape[1]] for c in cols
+            )
+        else:
+            out = None
+        out = parallel.broadcast_object(out, src=self.topo.last_stage_rank, group=self.topo.pp_group)
+        logp, ent, rlp = out
+        return TokenStats(logp=logp, entropy=ent, ref_logp=rlp)
+
+    # -- training --------------------------------------------------------------------------------------------
+    def train_step(
+        self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
+    ) -> StepReport:
+        if len(groups) != 1:
+            raise BackendError(f"the megatron backend takes one micro-batch group (got {len(groups)})")
+        groups = self._broadcast([list(g) for g in groups])
+        mbs = [p for mb in groups[0] for p in batching.split_rows(mb, self.config.micro_batch_size)]
+        if not mbs:
+            return StepReport(loss=0.0, grad_norms=(0.0,), skipped=False)
+        packs = [self._pack(mb.tokens) for mb in mbs]
+        want_ref = bool(objective.needs_ref_logp)
+        ref_h = self._reference_hidden(packs, [self._needs_refs(mb.tokens, want_ref) for mb in mbs])
+        n_mb = len(packs)
+
+        def loss_fn(i: int, h: Tensor) -> tuple[Tensor, dict[str, Any]]:
+            mb = mbs[i]
+            lp, ent, rlp = self._stats(
+                h,
+                packs[i],
+                ref_h.get(i, []),
+                distribution=mb.tokens.distribution,
+                temperature=objective.temperature,
+                want_entropy=bool(objective.needs_entropy),
+                want_ref_logp=want_ref,
+                step=step,
+                grad=True,
+            )
+            dev = lp.device
+            stats = TokenStats(
+                logp=batching.unpack(lp, packs[i]),
+                entropy=None if ent is None else batching.unpack(ent, packs[i]),
+                ref_logp=None if rlp is None else batching.unpack(rlp, packs[i]).detach(),
+            )
+            tok = mb.tokens
+            local = attrs.evolve(
+                mb,
+                tokens=attrs.evolve(
+                    tok,
+                    input_ids=tok.input_ids.to(dev),
+                    attention_mask=tok.attention_mask.to(dev),
+                    loss_mask=tok.loss_mask.to(dev),
+                ),
+                tensors={k: (t.to(dev) if isinstance(t, Tensor) else t) for k, t in mb.tensors.items()},
+            )
+            out = objective(stats, local)
+            record = {"loss": out.loss.detach().clone().float().cpu()}
+            record.update(
+                {f"m/{k}": torch.as_tensor(x).detach().clone().float().cpu() for k, x in out.metrics.items()}
+            )
+            # megatron divides the returned loss by the number of micro-batches in place; undo it so the
+            # gradient is the sum of the micro-batches' losses (the objective's convention)
+            return out.loss * n_mb, record
+
+        self._set_lr(step)
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        records = self._run(self.model, self.gpt, packs, loss_fn, forward_only=False)
+        summary = self._summarise(records)
+        loss = summary.pop("loss")
+        finite = self._all_finite(loss)
+        grad_norm = float("nan")
+        if finite:
+            self.optimizer.prepare_grads()
+            grad_norm = float(self.optimizer.get_grad_norm())
+            finite = math.isfinite(grad_norm)
+        if finite:
+            self._clip(grad_norm)
+            self.optimizer.step_with_ready_grads()
+            self._version += 1
+        else:
+            self.model.zero_grad_buffer()
+            self.optimizer.zero_grad()
+        means = self.all_mean({"loss": loss, **summary})
+        loss = means.pop("loss")
+        return StepReport(loss=loss, grad_norms=(grad_norm,), skipped=not finite, metrics=means)
+
+    def _summarise(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """Loss summed and metrics averaged over micro-batches, from the last stage to every stage."""
+        out: dict[str, float] | None = None
+        if self.topo.last_stage:
+            out = {"loss": float(sum(float(r["loss"]) for r in records))}
+            keys = sorted({k for r in records for k in r if k.startswith("m/")})
+            for k in keys:
+                vals = [float(r[k]) for r in records if k in r]
+                out[k[2:]] = sum(vals) / len(vals)
+        return parallel.broadcast_object(out, src=self.topo.last_stage_rank, group=self.topo.pp_group)
+
+    def _all_finite(self, loss: float) -> bool:
+        flag = torch.tensor([1.0 if math.isfinite(loss) else 0.0], device=parallel.device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() == 1.0)
+
+    def _clip(self, grad_norm: float) -> None:
+        from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+        if self.config.grad_clip <= 0:
+            return
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            params = opt.get_parameters()
+            if params:
+                clip_grad_by_total_norm_fp32(params, max_norm=self.config.grad_clip, total_norm=grad_norm)
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    def _export(self) -> dict[str, Tensor] | None:
+        from lmix_megatron.convert import export_hf_state_dict
+
+        return export_hf_state_dict(self.gpt, self.arch, dtype=DTYPES[self.config.dtype])
+
+    def generate(self, request: GenerationRequest, /) -> Generation:
+        if self._engine_version != self._version:
+            sd = self._export()
+            if self.topo.is_mp_leader:
+                if self._engine is None:
+                    from lmix_megatron.rollout import ENGINES
+
+                    self._engine = ENGINES[self.config.rollout_engine](
+                        hf_config=self.hf_config,
+                        tokenizer=self.tokenizer,
+                        references=self.reference_dirs,
+                        dtype=DTYPES[self.config.dtype],
+                        device=parallel.device(),
+                    )
+                self._engine.load_policy_weights(sd)
+            self._engine_version = self._version
+        gen = None
+        if self.topo.is_mp_leader:
+            gen = self._engine.generate(request, combiner=self.context.combiner)
+        return self._broadcast(gen)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, /) -> None:
+        meta = {
+            "tp": self.config.tp,
+            "pp": self.config.pp,
+            "dp": self.topo.dp,
+            "world_size": dist.get_world_size(),
+            "version": self._version,
+        }
+        checkpoint.save(
+            Path(path), model=self.gpt, optimizer=self.optimizer, meta=meta, hf_side_dir=self._hf_side
+        )
+
+    def load_checkpoint(self, path: Path, /) -> None:
+        meta = checkpoint.load(Path(path), model=self.gpt, optimizer=self.optimizer)
+        self._version = int(meta.get("version", 0)) + 1  # force a fresh export to the rollout engine
+        self._engine_version = -1
+
+    def save_pretrained(self, path: Path, /) -> None:
+        from lmix_megatron.convert import write_hf_dir
+
+        sd = self._export()
+        if sd is not None and self.topo.dp_rank == 0:
+            write_hf_dir(sd, self.hf_config, Path(path), side_files_from=self._hf_side)
+        dist.barrier()
+
+    def close(self) -> None:
+        from megatron.core import parallel_state
+
+        self._engine = None
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        if self._owns_pg and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_pg = False

@@ -1,0 +1,140 @@
+"""Benchmark: lmix's sampler against ``transformers``' ``model.generate``, and mixed two-model sampling.
+
+Run by hand (results and the machine they came from go to ``docs/benchmarks/sampler.md``)::
+
+    nice .venv/bin/python benchmarks/bench_sampler.py                       # both workloads, sampling and greedy
+    nice .venv/bin/python benchmarks/bench_sampler.py --workload grpo --mode sample --repeats 20
+
+Workloads (random-init models built from configs, float32, CPU, ``torch.set_num_threads`` left at its default):
+    demo   Qwen2, the tiny byte-level tokenizer's vocabulary (262), hidden 256, 4 layers, 16 prompts × 64 tokens.
+    grpo   the issue's GRPO benchmark: Qwen2, vocab 2048, hidden 256, 4 layers, 2 prompts × 8 completions × 32
+           new tokens.
+
+Variants, on the same chat-templated prompts, batch and ``max_new_tokens``:
+    hf_generate    ``model.generate`` (left-padded batch; ``do_sample`` with ``top_k=0, top_p=1, temperature=1`` or
+                   greedy), EOS disabled so every row generates ``max_new_tokens`` tokens.
+    lmix           :class:`lmix_hf.sampler.Sampler` on the policy alone, same settings, EOS disabled.
+    lmix_mixed     the sampler running the policy and a second model in lockstep, sampling from
+                   ``softmax(0.5·z_θ + 0.5·z_ref)`` (``logit_average``'s ``mix_logits``).
+
+Rounds are interleaved (one call of each variant per round, after one warm-up call each) so that load from other
+processes hits every variant alike; the figures are medians over rounds of wall time and of process CPU time (all
+threads). Throughput is generated tokens per second of wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lmix_core.combiners.logit_average import LogitAverage
+from lmix_core.testing.tiny import build_tiny_model, build_tokenizer
+from lmix_core.types import GenerationRequest
+from lmix_hf.sampler import Sampler
+
+WORKLOADS = {
+    "demo": {"vocab_size": None, "num_prompts": 16, "per_prompt": 1, "max_new_tokens": 64},
+    "grpo": {"vocab_size": 2048, "num_prompts": 2, "per_prompt": 8, "max_new_tokens": 32},
+}
+QUESTIONS = [f"What is {a} + {b}? Answer with \\boxed{{}}." for a, b in [(12, 7), (305, 48), (9, 999), (44, 56)]]
+
+
+def build(workload: str) -> dict:
+    spec = WORKLOADS[workload]
+    tokenizer = build_tokenizer()
+    kw = dict(arch="qwen2", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, vocab_size=spec["vocab_size"])
+    policy = build_tiny_model(tokenizer, seed=1, **kw)
+    reference = build_tiny_model(tokenizer, seed=2, **kw)
+    policy.generation_config.eos_token_id = None  # every row runs to max_new_tokens in every variant
+    prompts = []
+    for i in range(spec["num_prompts"]):
+        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS))}]
+        ids = tuple(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+        prompts += [ids] * spec["per_prompt"]
+    return {"tokenizer": tokenizer, "policy": policy, "reference": reference, "prompts": tuple(prompts), **spec}
+
+
+def variants(setup: dict, mode: str) -> dict[str, Callable[[], int]]:
+    """Callables that generate once and return the number of generated tokens."""
+    tok, policy, ref, prompts = setup["tokenizer"], setup["policy"], setup["reference"], setup["prompts"]
+    M = setup["max_new_tokens"]
+    temperature = 0.0 if mode == "greedy" else 1.0
+    sampler = Sampler(tok, eos_token_ids=())
+    request = GenerationRequest(prompt_ids=prompts, max_new_tokens=M, temperature=temperature, seed=0)
+    mix = functools.partial(LogitAverage(LogitAverage.Config(alpha=0.5)).mix_logits, step=0)
+
+    P = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + list(p) for p in prompts])
+    attention_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    hf_kwargs = dict(max_new_tokens=M, pad_token_id=tok.pad_token_id)
+    if mode == "greedy":
+        hf_kwargs.update(do_sample=False)
+    else:
+        hf_kwargs.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+
+    def hf_generate() -> int:
+        with torch.inference_mode():
+            out = policy.generate(input_ids=input_ids, attention_mask=attention_mask, **hf_kwargs)
+        return int((out.shape[1] - P) * out.shape[0])
+
+    def lmix() -> int:
+        return int(sampler.sample(request, policy).generation.tokens.loss_mask.sum())
+
+    def lmix_mixed() -> int:
+        return int(sampler.sample(request, policy, [ref], mix).generation.tokens.loss_mask.sum())
+
+    return {"hf_generate": hf_generate, "lmix": lmix, "lmix_mixed": lmix_mixed}
+
+
+def measure(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, dict[str, float]]:
+    for fn in fns.values():
+        fn()  # warm-up
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    tokens: dict[str, int] = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            tokens[name] = fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    out = {}
+    for name in fns:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        out[name] = {"tokens": tokens[name], "wall_s": w, "cpu_s": c, "tokens_per_s": tokens[name] / w}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--mode", choices=["sample", "greedy", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per case")
+    args = parser.parse_args()
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
+        setup = build(workload)
+        for mode in ("sample", "greedy") if args.mode == "all" else (args.mode,):
+            res = measure(variants(setup, mode), args.repeats)
+            speedup = res["lmix"]["tokens_per_s"] / res["hf_generate"]["tokens_per_s"]
+            mixed = res["lmix_mixed"]["tokens_per_s"] / res["lmix"]["tokens_per_s"]
+            if args.json:
+                print(json.dumps({"workload": workload, "mode": mode, **res, "speedup": speedup, "mixed": mixed}))
+                continue
+            print(f"\n{workload} / {mode}: {len(setup['prompts'])} rows x {setup['max_new_tokens']} new tokens")
+            print(f"  {'variant':<12} {'tokens/s':>10} {'wall ms':>9} {'cpu ms':>9}")
+            for name, r in res.items():
+                print(f"  {name:<12} {r['tokens_per_s']:>10.0f} {r['wall_s'] * 1e3:>9.1f} {r['cpu_s'] * 1e3:>9.1f}")
+            print(f"  lmix / hf_generate = {speedup:.2f}x   lmix_mixed / lmix = {mixed:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

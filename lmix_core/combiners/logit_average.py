@@ -1,0 +1,62 @@
+"""Logit averaging of the trainable policy with a frozen reference (seed 000)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, final
+
+import attrs
+from attrs import validators as v
+from torch import Tensor
+
+from lmix_core.interfaces.combiner import PolicyCombiner
+from lmix_core.ops.mixed_logprobs import check_reference_logits, geometric_mix
+
+
+@final
+class LogitAverage(PolicyCombiner):
+    r"""Logit averaging inside GRPO (Gan & Zhu, arXiv 2605.20555).
+
+    .. math::
+
+        z_{mix} = α·z_θ + (1 − α)·sg(z_{ref}),\qquad π_{mix} = softmax(z_{mix} / T)
+                ∝ π_θ^{α} · π_{ref}^{1−α}
+
+    a normalised geometric (product-of-experts) mixture of the trainable policy and a frozen reference (e.g. the
+    SFT model). Rollouts are sampled from π_mix and the PPO ratio is taken on π_mix's probabilities
+    (``π_mix,θ / π_mix,θ_old``, not ``(π_θ/π_θ_old)^α``); the sampling temperature is applied by the backend after
+    mixing. The gradient reaches z_θ only: ``∂ log π_mix(a)/∂z_θ = α·(e_a − π_mix)``, so α also scales the
+    effective learning rate, and α = 0 gives no gradient at all.
+
+    [U] choices (the paper's method section was not readable, see algorithms.md §1): α is a parameter, default
+    0.5 ("averaging", "fixed equal weighting"); evaluation deploys the mix by default (``deploy = "combined"``,
+    which needs both models at inference) and can deploy the trained policy alone (``deploy = "policy"``). No KL
+    term: the canonical KL-GRPO baseline is the ``policy`` combiner with a KL penalty in the loss.
+    """
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        """Logit averaging's parameters.
+
+        Attributes:
+            alpha: the policy's weight α in ``α·z_θ + (1 − α)·z_ref``.
+            deploy: what evaluation samples from: ``combined`` (π_mix) or ``policy`` (π_θ alone).
+        """
+
+        alpha: float = attrs.field(default=0.5, validator=[v.ge(0.0), v.le(1.0)])
+        deploy: Literal["combined", "policy"] = attrs.field(
+            default="combined", validator=v.in_(("combined", "policy"))
+        )
+
+    @property
+    def deploy(self) -> str:
+        """Where evaluation samples from (``Config.deploy``)."""
+        return self.config.deploy
+
+    @property
+    def num_references(self) -> int:
+        return 1
+
+    def mix_logits(self, z_policy: Tensor, z_refs: Sequence[Tensor], *, step: int = 0) -> Tensor:
+        check_reference_logits("logit_average", z_policy, z_refs, 1)
+        return geometric_mix(z_policy, z_refs, alpha=self.config.alpha, ref_weights=(1.0,))  # [..., V]

@@ -1,0 +1,96 @@
+"""``multiple_choice``: the chosen letter in every usual form, ambiguity, configurable choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmix_core.config import build
+from lmix_core.errors import ConfigError
+from lmix_core.rewards.multiple_choice import MultipleChoice
+from lmix_core.types import RewardInput, Verdict
+
+
+def judge(completion: str, reference: str = "B", **params) -> Verdict:
+    verifier = MultipleChoice(build(MultipleChoice.Config, params))
+    return verifier.score_one(RewardInput(prompt="", completion=completion, reference=reference))
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "(B)",
+        "B.",
+        "**B**",
+        "B",
+        "b",
+        "B) Paris",
+        "The answer is B",
+        "The answer is B.",
+        "the answer is (b).",
+        "Answer: b",
+        "Answer: **B**",
+        "After weighing the options, the correct answer is: B. Because A is wrong.",
+        "Comparing (A) and (C) with the text... Final answer: (B)",
+        "\\boxed{B}",
+        "\\boxed{\\text{B}}",
+        "Let me think.\nB. It is the capital.",
+        "I am confident in **B** here.",
+    ],
+)
+def test_every_answer_form_is_read(completion):
+    """Each usual way of naming the choice is read as B."""
+    assert judge(completion) == Verdict(score=1.0, reason="correct")
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "The answer is B or C",
+        "Answer: A, C",
+        "(B) or maybe (C)",
+        "**A** ... **D**",
+    ],
+)
+def test_several_letters_are_ambiguous(completion):
+    """A completion naming two or more different letters scores 0 with reason 'ambiguous: ...'."""
+    v = judge(completion)
+    assert v.score == 0.0 and v.reason.startswith("ambiguous")
+
+
+def test_statement_wins_over_discussion():
+    """Letters discussed in the reasoning do not make a clear final statement ambiguous."""
+    assert judge("(A) is wrong and (C) is too. The answer is B.") == Verdict(score=1.0, reason="correct")
+
+
+def test_articles_and_words_are_not_choices():
+    """'a' as an article and letters inside words are not read as choices."""
+    assert judge("The answer is a bit unclear.", reference="A") == Verdict(
+        score=0.0, reason="no choice found"
+    )
+    assert judge("A good question without a choice.", reference="A") == Verdict(
+        score=0.0, reason="no choice found"
+    )
+
+
+def test_wrong_choice_reason():
+    """A clear wrong choice says what was picked and expected."""
+    assert judge("The answer is (C).") == Verdict(score=0.0, reason="wrong: got C expected B")
+
+
+def test_configurable_choices():
+    """choices='ABCDEFGHIJ' (MMLU-Pro) accepts J; the default ABCD does not read E as a choice."""
+    assert judge("The answer is J", reference="J", choices="ABCDEFGHIJ").score == 1.0
+    assert judge("The answer is E", reference="A") == Verdict(score=0.0, reason="no choice found")
+
+
+def test_reference_outside_choices():
+    """A reference that is not a choice letter scores 0 with a reason naming it."""
+    assert judge("(B)", reference="Paris").reason == "reference 'Paris' is not one of ABCD"
+    assert judge("(B)", reference="(b)").score == 1.0
+
+
+def test_choices_validation():
+    """choices must be 2-26 distinct upper-case letters."""
+    for bad in ["A", "abcd", "AAB", "AB1"]:
+        with pytest.raises(ConfigError, match="'choices' must"):
+            build(MultipleChoice.Config, {"choices": bad})
