@@ -43,13 +43,22 @@ WORKLOADS = {
     "demo": {"vocab_size": None, "num_prompts": 16, "per_prompt": 1, "max_new_tokens": 64},
     "grpo": {"vocab_size": 2048, "num_prompts": 2, "per_prompt": 8, "max_new_tokens": 32},
 }
-QUESTIONS = [f"What is {a} + {b}? Answer with \\boxed{{}}." for a, b in [(12, 7), (305, 48), (9, 999), (44, 56)]]
+QUESTIONS = [
+    f"What is {a} + {b}? Answer with \\boxed{{}}." for a, b in [(12, 7), (305, 48), (9, 999), (44, 56)]
+]
 
 
 def build(workload: str) -> dict:
     spec = WORKLOADS[workload]
     tokenizer = build_tokenizer()
-    kw = dict(arch="qwen2", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, vocab_size=spec["vocab_size"])
+    kw = dict(
+        arch="qwen2",
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        vocab_size=spec["vocab_size"],
+    )
     policy = build_tiny_model(tokenizer, seed=1, **kw)
     reference = build_tiny_model(tokenizer, seed=2, **kw)
     policy.generation_config.eos_token_id = None  # every row runs to max_new_tokens in every variant
@@ -58,7 +67,13 @@ def build(workload: str) -> dict:
         messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS))}]
         ids = tuple(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
         prompts += [ids] * spec["per_prompt"]
-    return {"tokenizer": tokenizer, "policy": policy, "reference": reference, "prompts": tuple(prompts), **spec}
+    return {
+        "tokenizer": tokenizer,
+        "policy": policy,
+        "reference": reference,
+        "prompts": tuple(prompts),
+        **spec,
+    }
 
 
 def variants(setup: dict, mode: str) -> dict[str, Callable[[], int]]:
@@ -119,7 +134,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", action="store_true", help="print one JSON object per case")
     args = parser.parse_args()
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     for workload in WORKLOADS if args.workload == "all" else [args.workload]:
         setup = build(workload)
         for mode in ("sample", "greedy") if args.mode == "all" else (args.mode,):
@@ -127,12 +144,20 @@ def main() -> None:
             speedup = res["lmix"]["tokens_per_s"] / res["hf_generate"]["tokens_per_s"]
             mixed = res["lmix_mixed"]["tokens_per_s"] / res["lmix"]["tokens_per_s"]
             if args.json:
-                print(json.dumps({"workload": workload, "mode": mode, **res, "speedup": speedup, "mixed": mixed}))
+                print(
+                    json.dumps(
+                        {"workload": workload, "mode": mode, **res, "speedup": speedup, "mixed": mixed}
+                    )
+                )
                 continue
-            print(f"\n{workload} / {mode}: {len(setup['prompts'])} rows x {setup['max_new_tokens']} new tokens")
+            print(
+                f"\n{workload} / {mode}: {len(setup['prompts'])} rows x {setup['max_new_tokens']} new tokens"
+            )
             print(f"  {'variant':<12} {'tokens/s':>10} {'wall ms':>9} {'cpu ms':>9}")
             for name, r in res.items():
-                print(f"  {name:<12} {r['tokens_per_s']:>10.0f} {r['wall_s'] * 1e3:>9.1f} {r['cpu_s'] * 1e3:>9.1f}")
+                print(
+                    f"  {name:<12} {r['tokens_per_s']:>10.0f} {r['wall_s'] * 1e3:>9.1f} {r['cpu_s'] * 1e3:>9.1f}"
+                )
             print(f"  lmix / hf_generate = {speedup:.2f}x   lmix_mixed / lmix = {mixed:.2f}x")
 
 

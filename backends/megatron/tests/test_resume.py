@@ -23,11 +23,11 @@ def resume(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 
 def test_resharded_resume_continues_like_the_uninterrupted_run(resume: dict[str, Any]) -> None:
     """Saved at TP2×PP2 after step 0 and resumed at TP1×PP1: steps 1-2 give the same losses, grad norms and
-    weights as the uninterrupted TP2×PP2 run."""
+    weights as the uninterrupted TP2×PP2 run (to float rounding: TP changes the order of the sums; lr 1e-3)."""
     for a, b in zip(resume["a"], resume["b"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-6, abs=1e-6)
-    assert resume["weights_a_vs_b"] <= 1e-6
+    assert resume["weights_a_vs_b"] <= 1e-5
 
 
 def test_adam_step_counters_survive_resume(resume: dict[str, Any]) -> None:
