@@ -11,8 +11,9 @@ Layout of a checkpoint directory ``DIR``:
 * ``DIR/lmix_megatron.json``: format version, layout at save time, and the backend's own counters.
 * ``DIR/rng/rank{r}.pt``: each rank's torch RNG state (restored only when the world size is unchanged).
 
-Fixes for the distributed optimizer's checkpoint loading when it wraps **torch's** AdamW (the fallback megatron
-uses without Transformer Engine or Apex, on CPU or GPU) — three bugs of megatron-core 0.16.1:
+Fixes for the distributed optimizer's checkpoints in megatron-core 0.16.1. Bugs 1-3 concern loading when it wraps
+**torch's** AdamW (the fallback megatron uses without Transformer Engine or Apex, on CPU or GPU); bug 4 concerns
+saving and hits any optimizer:
 
 1. ``DistributedOptimizer.state_dict()`` asserts every parameter has ``state["step"]``; torch creates the state
    lazily at the first step, so loading into a fresh optimizer fails. :func:`prime_adam_state` creates zero
@@ -23,8 +24,13 @@ uses without Transformer Engine or Apex, on CPU or GPU) — three bugs of megatr
 3. ``load_state_dict`` gives **one shared** ``step`` tensor to every parameter. torch's AdamW increments ``step``
    in place once per parameter, so after the first step after a resume ``step = 1 + n_params`` and the bias
    correction is silently wrong. Fixed by giving each parameter its own copy.
+4. ``sharded_param_state_fully_reshardable`` slices the gathered optimizer state with the *padded* buffer offsets
+   of ``param_index_map``, but ``get_parameter_state_dp_zero`` concatenates the buckets *without* their padding.
+   Whenever a stage's buffer has several buckets (always on the last stage of a tied-embedding model under PP:
+   the shared embedding gets its own bucket), the main weights and Adam moments of every parameter after the first
+   bucket are saved shifted, and a resume silently loads wrong weights. Fixed by re-inserting the padding.
 
-:func:`install_adam_checkpoint_fixes` applies the three to one optimizer instance (idempotent); nothing global is
+:func:`install_adam_checkpoint_fixes` applies them to one optimizer instance (idempotent); nothing global is
 patched.
 """
 

@@ -402,7 +402,9 @@ def convert(
     pp: int = 1,
     timeout_s: float = 600.0,
 ) -> None:
-    """Convert one checkpoint; every rank of a ``torchrun`` job (``world = tp·pp``) calls it.
+    """Convert one checkpoint; every rank of a ``torchrun`` job (world a multiple of ``tp·pp``) calls it.
+
+    Extra data-parallel replicas load the model too; only global rank 0's replica writes an HF output.
 
     Args:
         src: an HF model directory (``hf2mcore``) or a Megatron directory written by this function or by the
@@ -424,10 +426,6 @@ def convert(
     compat.install()
     created = parallel.init_distributed(timeout_s=timeout_s)
     try:
-        if dist.get_world_size() != tp * pp:
-            raise BackendError(
-                f"conversion at tp={tp}, pp={pp} needs exactly {tp * pp} processes (got {dist.get_world_size()})"
-            )
         parallel.init_model_parallel(tp=tp, pp=pp, timeout_s=timeout_s)
         hf_dir = src if direction == "hf2mcore" else src / "hf"
         hf_config = read_hf_config(hf_dir)
@@ -454,7 +452,7 @@ def convert(
                 )
             load_model_dist(model, src / "dist")
             sd = export_hf_state_dict(model, arch)
-            if sd is not None:
+            if sd is not None and parallel_state.get_data_parallel_rank() == 0:
                 write_hf_dir(sd, hf_config, dst, side_files_from=hf_dir)
         dist.barrier()
     finally:
