@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +28,34 @@ def write_atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(
-    run_dir: Path, step: int, write_backend: Callable[[Path], None], trainer_state: dict[str, Any], keep: int
-) -> Path:
-    """Write checkpoint ``step`` (the number of completed steps) and prune old ones.
+def staging(run_dir: Path, step: int) -> Path:
+    """The temporary directory checkpoint ``step`` is written into before it is renamed into place."""
+    return checkpoint_root(run_dir) / f"step_{step:06d}.tmp"
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """Create the empty temporary directory checkpoint ``step`` is written into; returns it.
+
+    The backend writes its state under ``<tmp>/backend`` (every rank its part), then :func:`commit` finishes.
+    """
+    tmp = staging(run_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "backend").mkdir(parents=True)
+    return tmp
+
+
+def commit(run_dir: Path, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
+    """Add the loop's state to the temporary directory, rename it into place, point ``latest`` at it and prune.
 
     Args:
         run_dir: the run directory.
         step: completed optimiser steps.
-        write_backend: writes the backend's state into the directory it is given.
         trainer_state: the loop's own state (step, mixer, RNG), saved with ``torch.save``.
         keep: how many checkpoints to keep.
     """
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    tmp = root / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "backend").mkdir(parents=True)
-    write_backend(tmp / "backend")
+    tmp = staging(run_dir, step)
     torch.save(trainer_state, tmp / "trainer.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -339,40 +339,17 @@ class Trainer:
         }
 
     def save(self, step: int) -> Path:
-        """Checkpoint after ``step`` completed steps (every rank writes its backend part; rank 0 the rest)."""
-        root = checkpoint.checkpoint_root(self.run_dir)
-        tmp = root / f"step_{step:06d}.tmp"
-        if self.backend.world_size == 1:
-            return checkpoint.save(
-                self.run_dir,
-                step,
-                self.backend.save_checkpoint,
-                self.trainer_state(step),
-                self.parts.train.keep_checkpoints,
-            )
-        if self.backend.is_main:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / "backend").mkdir(parents=True)
+        """Checkpoint after ``step`` completed steps: every rank writes its backend part, the main rank the rest."""
+        main = self.backend.is_main
+        if main:
+            checkpoint.begin(self.run_dir, step)
         self.backend.barrier()
-        self.backend.save_checkpoint(tmp / "backend")
+        self.backend.save_checkpoint(checkpoint.staging(self.run_dir, step) / "backend")
         self.backend.barrier()
-        if self.backend.is_main:
-            import os
-
-            torch.save(self.trainer_state(step), tmp / "trainer.pt")
-            final = root / f"step_{step:06d}"
-            os.replace(tmp, final)
-            checkpoint.write_atomic_text(root / "latest", final.name + "\n")
-            for old in sorted(x for x in root.glob("step_*") if x.is_dir() and not x.name.endswith(".tmp"))[
-                : -self.parts.train.keep_checkpoints
-            ]:
-                import shutil
-
-                shutil.rmtree(old, ignore_errors=True)
+        if main:
+            checkpoint.commit(self.run_dir, step, self.trainer_state(step), self.parts.train.keep_checkpoints)
         self.backend.barrier()
-        return root / f"step_{step:06d}"
+        return checkpoint.checkpoint_root(self.run_dir) / f"step_{step:06d}"
 
     def restore(self) -> int:
         """Load the newest checkpoint; returns the step to continue from (0 when there is none)."""
