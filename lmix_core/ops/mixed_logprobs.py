@@ -27,8 +27,8 @@ and the chain rule through ``mix`` is taken by autograd on the chunk, so any row
 Peers: TRL 1.16 ``trl.kernels.chunked_logprob.ChunkedLogProbFunction`` does this for a single head (token tiles of
 4096 × vocabulary tiles of 32768 with an online logsumexp, recomputing in backward); no peer fuses the two-head
 mixed case. Limitations: no lm-head bias, logit scale or soft-capping (models with those need a ``mix`` that applies
-them); non-fp32 weights compute the logits in their dtype and upcast each chunk to fp32, and the weight gradient
-accumulates in fp32.
+them); bf16/fp16 weights compute the logits in their dtype and upcast each chunk to fp32, and the gradients
+accumulate in fp32 (float64 inputs keep float64 throughout).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ TokenLoss = Callable[[Tensor, "Tensor | None", slice], Tensor]
 CHUNK_BYTES = 64 * 2**20
 
 
-class TokenStats(NamedTuple):
-    """Per-token statistics of the combined distribution.
+class MixedTokenStats(NamedTuple):
+    """Per-token statistics of the combined distribution, float32 (float64 for float64 inputs).
 
     Attributes:
         logp: ``[N]`` log-prob of each target token.
@@ -62,13 +62,13 @@ class TokenStats(NamedTuple):
     entropy: Tensor | None
 
 
-class TokenLossResult(NamedTuple):
+class MixedTokenLoss(NamedTuple):
     """What :func:`mixed_token_loss` returns.
 
     Attributes:
-        loss: 0-dim float32, the sum of every chunk's ``token_loss``; differentiable in ``h_policy, w_policy``.
-        logp: ``[N]`` float32 detached log-probs (for metrics).
-        entropy: ``[N]`` float32 detached entropies, or None.
+        loss: 0-dim, the sum of every chunk's ``token_loss``; differentiable (once) in ``h_policy, w_policy``.
+        logp: ``[N]`` detached log-probs (for metrics).
+        entropy: ``[N]`` detached entropies, or None.
     """
 
     loss: Tensor
@@ -143,25 +143,29 @@ def reference_token_stats(
     *,
     temperature: float = 1.0,
     entropy: bool = True,
-) -> TokenStats:
+) -> MixedTokenStats:
     """The naive formula :func:`mixed_token_stats` must reproduce: full ``[N, V]`` logits, plain autograd.
 
-    For tests and benchmarks only (it materialises every head's full logits).
+    For tests and benchmarks only: it materialises every head's full logits (each intermediate is dropped as soon
+    as autograd no longer needs it, so this is the lean form of the naive formula).
     """
     dtype = stat_dtype(w_policy.dtype)
-    z_pol = (h_policy @ w_policy.T).to(dtype)  # [N, V]
-    z_refs = [
-        (h.detach() @ w.detach().T).to(dtype) for h, w in zip(h_refs, w_refs, strict=True)
-    ]  # K × [N, V]
-    z = z_pol if mix is None else mix(z_pol, z_refs)  # [N, V]
+    z = (h_policy @ w_policy.T).to(dtype)  # [N, V]
+    if mix is not None:
+        z_refs = [
+            (h.detach() @ w.detach().T).to(dtype) for h, w in zip(h_refs, w_refs, strict=True)
+        ]  # K × [N, V]
+        z = mix(z, z_refs)  # [N, V]
+        del z_refs
     if temperature != 1.0:
         z = z / temperature  # [N, V]
     logq = torch.log_softmax(z, dim=-1)  # [N, V]
+    del z
     logp = logq.gather(-1, targets[:, None]).squeeze(-1)  # [N]
     if not entropy:
-        return TokenStats(logp, None)
+        return MixedTokenStats(logp, None)
     ent = -(logq.exp() * logq).sum(-1)  # [N]
-    return TokenStats(logp, ent)
+    return MixedTokenStats(logp, ent)
 
 
 def mixed_token_stats(
@@ -175,7 +179,7 @@ def mixed_token_stats(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     entropy: bool = True,
-) -> TokenStats:
+) -> MixedTokenStats:
     """Log-probs (and entropy) of ``softmax(mix(z_θ, z_refs)/T)`` at ``targets``, chunked over tokens.
 
     Args:
@@ -191,13 +195,13 @@ def mixed_token_stats(
         entropy: also return the entropy of each position's distribution (with gradient).
 
     Returns:
-        ``logp [N]`` and ``entropy [N]`` (or None), float32, differentiable in ``h_policy`` and ``w_policy``.
+        ``logp [N]`` and ``entropy [N]`` (or None), differentiable in ``h_policy`` and ``w_policy``.
     """
     h_refs, w_refs, chunk = _check(h_policy, w_policy, h_refs, w_refs, targets, mix, temperature, chunk_size)
-    logp, ent = _MixedTokenStats.apply(
+    logp, ent = _StatsFunction.apply(
         h_policy, w_policy, targets, h_refs, w_refs, mix, float(temperature), chunk, bool(entropy)
     )
-    return TokenStats(logp, ent)
+    return MixedTokenStats(logp, ent)
 
 
 def mixed_token_loss(
@@ -212,7 +216,7 @@ def mixed_token_loss(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     entropy: bool = True,
-) -> TokenLossResult:
+) -> MixedTokenLoss:
     """A token-separable loss of the combined distribution, its gradient computed inside the chunk loop.
 
     The loss is ``Σ_chunks Σ token_loss(logp[rows], entropy[rows], rows)``: each chunk's ``token_loss`` may read
@@ -239,10 +243,10 @@ def mixed_token_loss(
         The scalar loss (differentiable once) and the detached per-token statistics.
     """
     h_refs, w_refs, chunk = _check(h_policy, w_policy, h_refs, w_refs, targets, mix, temperature, chunk_size)
-    loss, logp, ent = _MixedTokenLoss.apply(
+    loss, logp, ent = _LossFunction.apply(
         h_policy, w_policy, targets, h_refs, w_refs, mix, token_loss, float(temperature), chunk, bool(entropy)
     )
-    return TokenLossResult(loss, logp, ent)
+    return MixedTokenLoss(loss, logp, ent)
 
 
 # -- checks ------------------------------------------------------------------------------------------------------
@@ -302,42 +306,23 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _Workspace:
-    """``[c, V]`` buffers reused by every chunk, so the loop does not allocate (and page in) fresh ones.
+    """``[chunk, V]`` buffers reused by every chunk, so the loop does not allocate (and page in) fresh ones."""
 
-    Buffers are stored vocabulary-major (``[V, c]`` contiguous, handed out as the transposed ``[c, V]`` view):
-    ``W·hᵀ`` into a ``[V, c]`` buffer is a faster GEMM than ``h·Wᵀ`` into ``[c, V]`` for a short token chunk
-    (about 1.3× on the benchmark's CPU), and every later step is element-wise or a reduction, which do not care.
-    """
-
-    def __init__(self, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.vocab, self.dtype, self.device = vocab, dtype, device
+    def __init__(self, chunk: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.shape, self.dtype, self.device = (chunk, vocab), dtype, device
         self.buffers: dict[str, Tensor] = {}
 
     def get(self, name: str, rows: int) -> Tensor:
-        buf = self.buffers.get(name)
-        if buf is None or buf.shape[1] != rows:
-            self.buffers.pop(name, None)  # free the old one first (the last chunk may be shorter)
-            buf = self.buffers[name] = torch.empty(
-                self.vocab, rows, dtype=self.dtype, device=self.device
-            )  # [V, c]
-        return buf.t()  # [c, V]
+        if name not in self.buffers:
+            self.buffers[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)  # [chunk, V]
+        return self.buffers[name][:rows]  # [c, V]
 
 
 def _logits(h: Tensor, w: Tensor, out: Tensor) -> Tensor:
-    """Logits ``h·Wᵀ`` of one chunk into the workspace view ``out [c, V]``. Shapes: ``h [c, H]``, ``w [V, H]``."""
+    """Logits of one chunk into the workspace buffer ``out`` (:func:`stat_dtype`). ``[c, H] × [V, H] → [c, V]``."""
     if w.dtype == out.dtype and h.dtype == out.dtype:
-        torch.mm(w, h.t(), out=out.t())  # [V, c]
-    else:
-        out.t().copy_(torch.mm(w, h.t()))  # [V, c]
-    return out  # [c, V]
-
-
-def _rowdot(a: Tensor, b: Tensor, *, block: int = 8192) -> Tensor:
-    """``Σ_v a[:, v]·b[:, v]`` for ``[c, V]`` tensors of any layout, a vocabulary block at a time (no ``[c, V]`` temp)."""
-    acc = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)  # [c]
-    for start in range(0, a.shape[1], block):
-        acc += (a[:, start : start + block] * b[:, start : start + block]).sum(-1)  # [c]
-    return acc
+        return torch.mm(h, w.t(), out=out)  # [c, V]
+    return out.copy_(torch.mm(h, w.t()))  # [c, V] computed in the weights' dtype, upcast
 
 
 class _Fold(NamedTuple):
@@ -368,7 +353,7 @@ def _fold(z: Tensor, targets: Tensor, want_entropy: bool, temperature: float, d:
     p.div_(s)  # [c, V] π
     if not want_entropy:
         return _Fold(m, log_s, logp, d, p, None, False)
-    pd = _rowdot(p, d)  # [c] Σ_v π_v (z_v/T − max)
+    pd = torch.bmm(p.unsqueeze(1), d.unsqueeze(2)).view(-1)  # [c] Σ_v π_v (z_v/T − max)
     guarded = not bool(torch.isfinite(pd).all())
     if guarded:  # −inf logits: π_v = 0 there, and 0·(−inf) must count as 0
         pd = (p * d.nan_to_num(neginf=0.0, posinf=0.0)).sum(-1)  # [c]
@@ -443,32 +428,51 @@ def _policy_grad(z_mix: Tensor, z_pol: Tensor, dz: Tensor) -> Tensor | None:
     return dz_pol
 
 
-def _accumulate(
-    dz_pol: Tensor, h_c: Tensor, w: Tensor, grad_h: Tensor | None, grad_w: Tensor | None, rows: slice
-) -> None:
-    """``grad_h[rows] = dz·W`` and ``grad_w += dzᵀ·h`` (accumulators in :func:`stat_dtype`)."""
-    if grad_h is not None:
-        if w.dtype == grad_h.dtype:
-            torch.mm(dz_pol, w, out=grad_h[rows])  # [c, H]
-        else:
-            grad_h[rows] = torch.mm(dz_pol.to(w.dtype), w).to(grad_h.dtype)  # [c, H]
-    if grad_w is not None:
-        grad_w.addmm_(dz_pol.t(), h_c.to(grad_w.dtype))  # [V, H]
+class _Grads:
+    """Gradient accumulators for ``h`` and ``W`` in :func:`stat_dtype`.
 
+    ``grad_W`` starts uninitialised and the first contributing chunk writes it (``out=``), which spares a
+    ``[V, H]`` zero fill; :meth:`weight` zero-fills it only if no chunk contributed.
+    """
 
-def _grad_buffers(h: Tensor, w: Tensor, need_h: bool, need_w: bool) -> tuple[Tensor | None, Tensor | None]:
-    dtype = stat_dtype(w.dtype)
-    grad_h = torch.zeros(h.shape, dtype=dtype, device=h.device) if need_h else None  # [N, H]
-    grad_w = torch.zeros(w.shape, dtype=dtype, device=w.device) if need_w else None  # [V, H]
-    return grad_h, grad_w
+    def __init__(self, h: Tensor, w: Tensor, need_h: bool, need_w: bool) -> None:
+        dtype = stat_dtype(w.dtype)
+        self.h = torch.zeros(h.shape, dtype=dtype, device=h.device) if need_h else None  # [N, H]
+        self.w = torch.empty(w.shape, dtype=dtype, device=w.device) if need_w else None  # [V, H]
+        self.w_written = False
+
+    def add(self, dz_pol: Tensor, h_c: Tensor, w: Tensor, rows: slice) -> None:
+        """``grad_h[rows] = dz·W`` and ``grad_W += dzᵀ·h`` for one chunk. Shapes: ``dz_pol [c, V]``, ``h_c [c, H]``."""
+        if self.h is not None:
+            if w.dtype == self.h.dtype:
+                torch.mm(dz_pol, w, out=self.h[rows])  # [c, H]
+            else:
+                self.h[rows] = torch.mm(dz_pol.to(w.dtype), w).to(self.h.dtype)  # [c, H]
+        if self.w is not None:
+            h_c = h_c.to(self.w.dtype)  # [c, H]
+            if self.w_written:
+                self.w.addmm_(dz_pol.t(), h_c)  # [V, H]
+            else:
+                torch.mm(dz_pol.t(), h_c, out=self.w)  # [V, H]
+                self.w_written = True
+
+    def hidden(self) -> Tensor | None:
+        return self.h
+
+    def weight(self) -> Tensor | None:
+        if self.w is not None and not self.w_written:
+            self.w.zero_()  # [V, H] no chunk reached the policy
+        return self.w
 
 
 def _workspace(h_policy: Tensor, w_policy: Tensor, chunk_size: int) -> _Workspace:
-    return _Workspace(w_policy.shape[0], stat_dtype(w_policy.dtype), h_policy.device)
+    """Buffers for chunks of at most ``chunk_size`` rows (fewer when there are fewer tokens)."""
+    rows = max(1, min(chunk_size, h_policy.shape[0]))
+    return _Workspace(rows, w_policy.shape[0], stat_dtype(w_policy.dtype), h_policy.device)
 
 
 # -- autograd functions ------------------------------------------------------------------------------------------
-class _MixedTokenStats(torch.autograd.Function):
+class _StatsFunction(torch.autograd.Function):
     """Forward: chunked statistics; backward: recompute each chunk's logits and chain the gradient."""
 
     @staticmethod
@@ -522,7 +526,7 @@ class _MixedTokenStats(torch.autograd.Function):
         if (g_logp is None and g_ent is None) or not (need_h or need_w):
             return (None, None, *none)
         h_refs, w_refs = ctx.refs
-        grad_h, grad_w = _grad_buffers(h_policy, w_policy, need_h, need_w)
+        acc = _Grads(h_policy, w_policy, need_h, need_w)
         g_logp = None if g_logp is None else g_logp.to(log_s.dtype)  # [N]
         g_ent = None if g_ent is None else g_ent.to(log_s.dtype)  # [N]
         temperature = ctx.temperature
@@ -551,8 +555,9 @@ class _MixedTokenStats(torch.autograd.Function):
             dz_pol = _policy_grad(z_mix, z_pol, dz)  # [c, V]
             del dz, z_mix, z_pol, logq, p
             if dz_pol is not None:
-                _accumulate(dz_pol, h_policy[rows], w_policy, grad_h, grad_w, rows)
+                acc.add(dz_pol, h_policy[rows], w_policy, rows)
             del dz_pol
+        grad_h, grad_w = acc.hidden(), acc.weight()
         return (
             None if grad_h is None else grad_h.to(h_policy.dtype),
             None if grad_w is None else grad_w.to(w_policy.dtype),
@@ -560,7 +565,7 @@ class _MixedTokenStats(torch.autograd.Function):
         )
 
 
-class _MixedTokenLoss(torch.autograd.Function):
+class _LossFunction(torch.autograd.Function):
     """Forward: chunked statistics, per-token loss and its gradient; backward: scale the stored gradient."""
 
     @staticmethod
@@ -583,7 +588,7 @@ class _MixedTokenLoss(torch.autograd.Function):
         logp = torch.zeros(n, dtype=dtype, device=dev)  # [N]
         ent = torch.zeros(n, dtype=dtype, device=dev) if want_entropy else None  # [N]
         loss = torch.zeros((), dtype=dtype, device=dev)  # []
-        grad_h, grad_w = _grad_buffers(h_policy, w_policy, need_h, need_w)
+        acc = _Grads(h_policy, w_policy, need_h, need_w)
         ws = _workspace(h_policy, w_policy, chunk_size)
         for rows in _chunks(n, chunk_size):
             c = rows.stop - rows.start
@@ -614,9 +619,9 @@ class _MixedTokenLoss(torch.autograd.Function):
             dz_pol = _policy_grad(z_mix, z_pol, dz)  # [c, V]
             del dz, z_mix, z_pol, logq, f
             if dz_pol is not None:
-                _accumulate(dz_pol, h_policy[rows], w_policy, grad_h, grad_w, rows)
+                acc.add(dz_pol, h_policy[rows], w_policy, rows)
             del dz_pol
-        ctx.grads = (grad_h, grad_w)
+        ctx.grads = (acc.hidden(), acc.weight())
         ctx.dtypes = (h_policy.dtype, w_policy.dtype)
         ctx.mark_non_differentiable(logp, *(() if ent is None else (ent,)))
         return loss, logp, ent

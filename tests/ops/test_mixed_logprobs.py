@@ -396,3 +396,22 @@ def test_geometric_mix_zero_weight_drops_the_term():
     torch.testing.assert_close(out.detach(), z_ref, atol=0.0, rtol=0.0)
     out.sum().backward()
     torch.testing.assert_close(z_pol.grad, torch.zeros_like(z_pol), atol=0.0, rtol=0.0)
+
+
+def test_a_mix_that_ignores_the_policy_gives_zero_gradients():
+    """A mix with no path to the policy logits yields exact zero gradients (never uninitialised memory)."""
+    gen = torch.Generator().manual_seed(9)
+    h = torch.randn(5, 3, generator=gen, requires_grad=True)
+    w = torch.randn(6, 3, generator=gen, requires_grad=True)
+    refs = ([torch.randn(5, 2, generator=gen)], [torch.randn(6, 2, generator=gen)])
+    stats = mixed_token_stats(
+        h, w, *refs, torch.tensor([0, 1, 2, 3, 5]), lambda z, zr: zr[0] * 1.0, chunk_size=2
+    )
+    (stats.logp.sum() + stats.entropy.sum()).backward()
+    assert bool((w.grad == 0).all()) and bool((h.grad == 0).all())
+    h2, w2 = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    out = mixed_token_loss(
+        h2, w2, [], [], torch.tensor([0, 1, 2, 3, 5]), None, lambda lp, en, rows: 0.0 * lp.detach()
+    )
+    out.loss.backward()
+    assert bool((w2.grad == 0).all()) and bool((h2.grad == 0).all())

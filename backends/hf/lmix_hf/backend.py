@@ -48,6 +48,9 @@ class HFBackend(TrainerBackend):
     and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k``. A non-finite loss or
     gradient norm leaves every parameter and optimiser state untouched and returns ``skipped=True``.
 
+    Seeding: construction seeds torch's global generator with ``context.seed + rank`` (dropout, if the model
+    has any); checkpoints save and restore it.
+
     AdamW follows ``torch.optim.AdamW``; weight decay applies to matrices (``ndim ≥ 2``) only, not to biases and
     norm gains (the transformers Trainer convention). ``bfloat16`` keeps parameters and optimiser moments in
     bf16 (pure bf16 training); log-probs are computed in float32 chunk by chunk. Dropout follows the model config
@@ -253,18 +256,12 @@ class HFBackend(TrainerBackend):
                 "ref_logp was asked for, but the backend loaded no reference (context.num_references = 0)"
             )
         self._policy.eval()
-        parts = []
-        n = batch.num_rows
-        size = self.config.micro_batch_size
+        n, size = batch.num_rows, self.config.micro_batch_size
         with torch.no_grad():
-            for start in range(0, n, size):
-                parts.append(
-                    self._stats(
-                        batch.select(slice(start, min(start + size, n))), temperature, entropy, ref_logp, step
-                    )
-                )
-        if not parts:
-            return self._stats(batch, temperature, entropy, ref_logp, step)
+            parts = [
+                self._stats(batch.select(slice(start, start + size)), temperature, entropy, ref_logp, step)
+                for start in range(0, max(n, 1), size)
+            ]
 
         def cat(name: str) -> torch.Tensor | None:
             values = [getattr(p, name) for p in parts]

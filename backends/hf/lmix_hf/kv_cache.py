@@ -12,6 +12,7 @@ layer writes at the same offset within one pass).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -45,6 +46,20 @@ class KVBuffer:
         keys[:, :, start:stop] = key_states
         values[:, :, start:stop] = value_states
         return keys[:, :, :stop], values[:, :, :stop]  # [B, H_kv, stop, D], [B, H_kv, stop, D]
+
+    @classmethod
+    def concat(cls, buffers: list[KVBuffer]) -> KVBuffer:
+        """One buffer holding ``buffers``' rows one after the other (model-major), at their common length."""
+        if len(buffers) == 1:
+            return buffers[0]
+        if len({(b.max_length, b.length) for b in buffers}) != 1:
+            raise ValueError("KVBuffer.concat needs buffers of the same length and capacity")
+        out = cls(buffers[0].max_length)
+        out.length = buffers[0].length
+        for i in buffers[0]._keys:
+            out._keys[i] = torch.cat([b._keys[i] for b in buffers])  # [K·B, H_kv, S_max, D]
+            out._values[i] = torch.cat([b._values[i] for b in buffers])  # [K·B, H_kv, S_max, D]
+        return out
 
     def advance(self, steps: int) -> None:
         """Mark ``steps`` more positions as filled (after a forward pass over ``steps`` tokens)."""

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lmix_core.errors import BackendError
+
 MaskKind = Literal["bool", "additive"]
 
 #: Attention implementations the 4-D masks are built for, with the mask format each one reads.
@@ -37,10 +39,10 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def mask_kind(model: torch.nn.Module) -> MaskKind:
-    """The mask format ``model``'s attention implementation reads; raises ValueError for unsupported ones."""
+    """The mask format ``model``'s attention implementation reads; raises BackendError for unsupported ones."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     if impl not in MASK_KINDS:
-        raise ValueError(
+        raise BackendError(
             f"attention implementation {impl!r} is not supported (supported: {', '.join(sorted(MASK_KINDS))}); "
             f"load the model with attn_implementation='sdpa' or 'eager'"
         )

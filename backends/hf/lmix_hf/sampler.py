@@ -30,7 +30,7 @@ Layout and conventions:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -38,13 +38,17 @@ from torch import Tensor
 
 from lmix_core.errors import BackendError
 from lmix_core.types import Generation, GenerationRequest, TokenBatch
+from lmix_hf.fused_decoder import FusedDecoder
 from lmix_hf.kv_cache import KVBuffer
 from lmix_hf.loading import check_supported, eos_token_ids, head_weight
-from lmix_hf.masks import MaskKind, as_kind, causal_mask, mask_kind, position_ids
+from lmix_hf.masks import as_kind, causal_mask, mask_kind, position_ids
 from lmix_hf.stop_strings import StopStrings
 
 #: ``mix(z_policy [B, V], z_refs: K × [B, V]) -> [B, V]`` combined logits (before the temperature).
 MixFn = Callable[[Tensor, Sequence[Tensor]], Tensor]
+#: How decoding steps run: ``fused`` (:class:`~lmix_hf.fused_decoder.FusedDecoder` where the architecture is
+#: supported, transformers' forward otherwise) or ``transformers`` (always the model's own forward).
+Decoder = Literal["fused", "transformers"]
 
 
 @attrs.frozen(kw_only=True)
@@ -68,10 +72,16 @@ class Sampler:
         tokenizer: decodes completions and stop-string tails; its ``pad_token_id`` fills finished rows.
         eos_token_ids: tokens that end a response; None reads them from the policy's generation config and the
             tokenizer when sampling.
+        decoder: ``fused`` (default) or ``transformers``; both give the same tokens up to float rounding.
     """
 
-    def __init__(self, tokenizer: Any, *, eos_token_ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, *, eos_token_ids: Sequence[int] | None = None, decoder: Decoder = "fused"
+    ) -> None:
+        if decoder not in ("fused", "transformers"):
+            raise BackendError(f"'decoder' must be 'fused' or 'transformers' (got {decoder!r})")
         self.tokenizer = tokenizer
+        self.decoder = decoder
         self.eos_token_ids = None if eos_token_ids is None else tuple(int(i) for i in eos_token_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
@@ -135,18 +145,18 @@ def _check_request(request: GenerationRequest) -> None:
 
 
 class _Model:
-    """One model's decoding state: its decoder, head weight, KV buffer and mask format."""
+    """One model's prompt pass: transformers' forward into the model's own KV buffer."""
 
     def __init__(self, model: Any, max_length: int) -> None:
-        self.decoder = model.base_model
+        mask_kind(model)  # raises for attention implementations whose masks are not built here
+        self.model = model
         self.weight = head_weight(model)  # [V, H]
-        self.kind: MaskKind = mask_kind(model)
         self.dtype = self.weight.dtype
         self.cache = KVBuffer(max_length)
 
     def forward(self, input_ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
-        """Feed ``[B, q]`` tokens; return the last position's float32 logits ``[B, V]``."""
-        out = self.decoder(
+        """Feed ``[B, q]`` tokens through transformers' forward; return the last position's float32 logits."""
+        out = self.model.base_model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
@@ -154,8 +164,46 @@ class _Model:
             use_cache=True,
         )
         self.cache.advance(input_ids.shape[1])
-        h = out.last_hidden_state[:, -1]  # [B, H]
-        return torch.nn.functional.linear(h, self.weight).float()  # [B, V]
+        return torch.nn.functional.linear(out.last_hidden_state[:, -1], self.weight).float()  # [B, V]
+
+
+class _Group:
+    """Models decoded together: one stacked :class:`FusedDecoder`, or one model through transformers' forward."""
+
+    def __init__(
+        self, members: Sequence[_Model], step_positions: Tensor, step_mask: Tensor, fused: bool
+    ) -> None:
+        self.members = members
+        self.step_positions = step_positions  # [B, M]
+        K = len(members)
+        self.fused = FusedDecoder([m.model for m in members]) if fused else None
+        self.mask = step_mask.repeat(K, 1, 1, 1) if K > 1 else step_mask  # [K·B, 1, 1, P + M]
+        if self.fused is not None:
+            self.cache = KVBuffer.concat([m.cache for m in members])
+            if K > 1:
+                for m in members:
+                    m.cache = KVBuffer(0)  # the prompt's keys and values now live in the stacked buffer
+            self.cos, self.sin = self.fused.rotary_tables(step_positions)  # [K·B, M, D] each
+
+    def step(self, j: int, tokens: Tensor, length: int) -> list[Tensor]:
+        """Feed decoding step ``j``'s ``[B]`` tokens; return each member's float32 logits ``[B, V]``."""
+        mask = self.mask[..., :length]  # [K·B, 1, 1, L]
+        if self.fused is None:
+            return [self.members[0].forward(tokens[:, None], mask, self.step_positions[:, j : j + 1])]
+        return list(self.fused.step(tokens, self.cos[:, j], self.sin[:, j], self.cache, mask).unbind(0))
+
+
+def _groups(
+    members: Sequence[_Model], decoder: Decoder, step_positions: Tensor, step_mask: Tensor
+) -> list[_Group]:
+    """All models stacked into one fused group when they can be; else each fused alone, or through transformers."""
+    models = [m.model for m in members]
+    if decoder == "fused" and FusedDecoder.stackable(models):
+        return [_Group(members, step_positions, step_mask, fused=True)]
+    return [
+        _Group([m], step_positions, step_mask, fused=decoder == "fused" and FusedDecoder.supports(m.model))
+        for m in members
+    ]
 
 
 def _decode(
@@ -189,20 +237,21 @@ def _decode(
             is_forced[i, : len(f)] = True
     forced, is_forced = forced.to(device), is_forced.to(device)
 
-    state = [_Model(m, P + M) for m in models]
-    # Masks: the prefill's [B, 1, P, P]; decoding reads a view [B, 1, 1, L] of one [B, 1, 1, P + M] buffer in
-    # which every generated position is real (finished rows keep feeding padding, which no live row reads).
-    key_real = torch.ones(B, P + M, dtype=torch.bool, device=device)  # [B, P + M]
-    key_real[:, :P] = prompt_mask.bool()
-    prefill_masks: dict[tuple[MaskKind, torch.dtype], Tensor] = {}
-    step_masks: dict[tuple[MaskKind, torch.dtype], Tensor] = {}
-    for s in state:
-        key = (s.kind, s.dtype)
-        if key not in prefill_masks:
-            prefill_masks[key] = causal_mask(prompt_mask, s.kind, s.dtype)  # [B, 1, P, P]
-            step_masks[key] = as_kind(key_real[:, None, None, :], s.kind, s.dtype)  # [B, 1, 1, P + M]
     prompt_pos = position_ids(prompt_mask)  # [B, P]
     step_pos = prompt_len[:, None] + torch.arange(M, device=device)[None]  # [B, M]
+    state = [_Model(m, P + M) for m in models]
+    if len({s.dtype for s in state}) != 1:
+        raise BackendError(
+            f"the sampled models must share one dtype (got {sorted(str(s.dtype) for s in state)})"
+        )
+    dtype = state[0].dtype
+    # Additive masks (SDPA is faster with them than with boolean ones at one query): the prompt pass's
+    # [B, 1, P, P], and for decoding views [B, 1, 1, L] of one [B, 1, 1, P + M] buffer in which every generated
+    # position is real (finished rows keep feeding padding, which no live row reads).
+    key_real = torch.ones(B, P + M, dtype=torch.bool, device=device)  # [B, P + M]
+    key_real[:, :P] = prompt_mask.bool()
+    prefill_mask = causal_mask(prompt_mask, "additive", dtype)  # [B, 1, P, P]
+    step_mask = as_kind(key_real[:, None, None, :], "additive", dtype)  # [B, 1, 1, P + M]
 
     vocab = state[0].weight.shape[0]
     is_eos = torch.zeros(vocab, dtype=torch.bool, device=device)  # [V]
@@ -221,7 +270,8 @@ def _decode(
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # [B], by EOS or a stop string
     rows = torch.arange(B, device=device)  # [B]
 
-    z = [s.forward(prompt, prefill_masks[(s.kind, s.dtype)], prompt_pos) for s in state]  # K+1 × [B, V]
+    z = [s.forward(prompt, prefill_mask, prompt_pos) for s in state]  # K+1 × [B, V]
+    groups = _groups(state, sampler.decoder, step_pos, step_mask)
     for j in range(M):
         logits = z[0] if mix is None else mix(z[0], z[1:])  # [B, V]
         lp_all = torch.log_softmax(logits if greedy else logits * inv_t, dim=-1)  # [B, V]
@@ -247,9 +297,7 @@ def _decode(
         done |= finished
         if j == M - 1 or bool(done.all()):
             break
-        step = tok[:, None]  # [B, 1]
-        L = P + j + 1
-        z = [s.forward(step, step_masks[(s.kind, s.dtype)][..., :L], step_pos[:, j : j + 1]) for s in state]
+        z = [logits for g in groups for logits in g.step(j, tok, P + j + 1)]  # K+1 × [B, V]
     return prompt, prompt_len, tokens, logp, lengths, is_forced, ended
 
 

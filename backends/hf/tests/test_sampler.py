@@ -263,3 +263,32 @@ def test_references_without_mix_are_refused(model_dirs, tokenizer):
     model = load_plain(model_dirs["policy"])
     with pytest.raises(BackendError, match="no mix function"):
         Sampler(tokenizer).sample(GenerationRequest(prompt_ids=((1, 2),)), model, references=[model])
+
+
+@pytest.mark.parametrize("arch", ["policy", "llama", "qwen3", "tied"])
+def test_fused_decoder_matches_transformers_forward(model_dirs, tokenizer, arch):
+    """The fused decoding step gives the tokens and log-probs of transformers' own forward (sampling, mixed with
+    a second model, forced prefix in one row)."""
+    policy = load_plain(model_dirs[arch])
+    ref = load_plain(model_dirs["reference"] if arch == "policy" else model_dirs[arch])
+    if arch != "policy":
+        torch.nn.init.normal_(ref.get_output_embeddings().weight, std=0.05)  # a reference that differs
+    mix = functools.partial(LogitAverage(LogitAverage.Config(alpha=0.4)).mix_logits, step=0)
+    request = GenerationRequest(
+        prompt_ids=prompts(tokenizer, 3),
+        forced=((), (100, 101), ()),
+        max_new_tokens=9,
+        temperature=0.8,
+        seed=7,
+    )
+    out = {
+        decoder: Sampler(tokenizer, eos_token_ids=(), decoder=decoder).sample(request, policy, [ref], mix)
+        for decoder in ("fused", "transformers")
+    }
+    torch.testing.assert_close(
+        out["fused"].generation.tokens.input_ids,
+        out["transformers"].generation.tokens.input_ids,
+        rtol=0,
+        atol=0,
+    )
+    torch.testing.assert_close(out["fused"].logp, out["transformers"].logp, rtol=0, atol=ATOL)

@@ -45,9 +45,13 @@ class MegatronBackend(TrainerBackend):
     recomputed in backward (activation checkpointing of the output layer), so no ``[N, S, V]`` tensor is built.
 
     Reference model (option "2b" of the design note): a frozen ``GPTModel`` with the policy's TP/PP layout runs a
-    separate forward-only pipeline pass per ``train_step``/``score`` call and stores, on the last stage, only its
-    final hidden states at the scored positions (``T × h``, not ``T × V/TP`` logits); the loss recomputes
-    ``z_ref = h_ref · W_refᵀ`` chunk by chunk. Measurements in ``docs/megatron.md``.
+    separate forward-only pipeline pass and stores, on the last stage, only its final hidden states (``T × h``, not
+    ``T × V/TP`` logits); the loss recomputes ``z_ref = h_ref · W_refᵀ`` chunk by chunk. The pass made by
+    ``score`` on a rollout batch is cached (``reference_cache``), so the PPO epochs and minibatches that follow run
+    no reference pass. Measurements in ``docs/megatron.md``.
+
+    Two optimiser states (``parallel_average``): one distributed optimizer per state; both step from the same
+    snapshot on their own group's gradient and the update is ``θ̄ + Σ_k w_k Δ_k`` (:meth:`_averaged_step`).
 
     Sampling goes through a rollout engine on each replica's leader (:mod:`lmix_megatron.rollout`), refreshed
     from the megatron weights after every update. Checkpoints are megatron ``dist_checkpointing`` (model and
@@ -63,9 +67,9 @@ class MegatronBackend(TrainerBackend):
 
         Attributes:
             model: HF model directory (Llama, Qwen2 or Qwen3 architecture), or a megatron directory written by
-                ``lmix convert hf2mcore`` or by a checkpoint (each rank then reads only its shards).
-            references: HF directories of the frozen references; when fewer than the run needs, the initial
-                policy (``model``) fills in (the usual "reference = SFT model" case).
+                ``lmix convert --to megatron`` or by a checkpoint (each rank then reads only its shards).
+            references: directories (HF or megatron) of the frozen references, with the policy's architecture;
+                when fewer than the run needs, the initial policy (``model``) fills in (reference = SFT model).
             tp: tensor-parallel size.
             pp: pipeline-parallel size (must divide the number of layers).
             dtype: parameter dtype; ``bfloat16`` wraps the model in megatron's ``Float16Module`` and keeps fp32
@@ -89,6 +93,9 @@ class MegatronBackend(TrainerBackend):
             vocab_mix: how the combiner's ``mix_logits`` meets the TP-split vocabulary: ``auto`` (shard-wise when
                 the combiner is vocab-local, else gather), ``shard`` (refuse a non-local combiner), ``gather``.
             recompute: ``full`` recomputes each transformer layer in backward (megatron's activation recompute).
+            reference_cache: ``rollouts`` keeps the references' final hidden states of the last ``score``d
+                batch (last pipeline stage, ``tokens × h`` per reference) so that ``train_step`` on its rows runs no
+                reference pass; ``none`` runs the references in every call.
             rollout_engine: where rollouts are sampled (``hf``: in-process transformers copy on each replica's
                 leader).
             distributed_timeout_s: process-group timeout; a rank that dies or hangs ends its peers' collectives
@@ -121,6 +128,9 @@ class MegatronBackend(TrainerBackend):
             default="auto", validator=v.in_(("auto", "shard", "gather"))
         )
         recompute: Literal["none", "full"] = attrs.field(default="none", validator=v.in_(("none", "full")))
+        reference_cache: Literal["rollouts", "none"] = attrs.field(
+            default="rollouts", validator=v.in_(("rollouts", "none"))
+        )
         rollout_engine: Literal["hf"] = attrs.field(default="hf", validator=v.in_(("hf",)))
         distributed_timeout_s: float = attrs.field(default=1800.0, validator=v.gt(0.0))
 
@@ -135,15 +145,19 @@ class MegatronBackend(TrainerBackend):
 
     def __init__(self, config: Config, context: BackendContext) -> None:
         super().__init__(config, context)
-        if context.num_optimizer_states != 1:
+        if context.num_optimizer_states not in (1, 2):
             raise BackendError(
-                f"the megatron backend supports one optimiser state (the mixer asks for "
-                f"{context.num_optimizer_states}: parallel update averaging); use backend type 'hf' for it"
+                f"the megatron backend keeps 1 or 2 optimiser states (asked for {context.num_optimizer_states})"
+            )
+        if len(context.update_weights) != context.num_optimizer_states:
+            raise BackendError(
+                f"context.update_weights has {len(context.update_weights)} weights for "
+                f"{context.num_optimizer_states} optimiser state(s)"
             )
         if not config.model:
             raise BackendError(
                 "backend.model is not set; point it at a local Hugging Face model directory (Llama, Qwen2 or "
-                "Qwen3) or at a megatron directory written by `lmix convert hf2mcore`"
+                "Qwen3) or at a megatron directory written by `lmix convert --to megatron`"
             )
         if context.combiner.num_references > context.num_references:
             raise BackendError(
@@ -170,6 +184,9 @@ class MegatronBackend(TrainerBackend):
         self._engine_version = -1
         self._version = 0
         self._mix_local: dict[int, bool] = {}
+        self._ref_cache: dict[bytes, list[Tensor]] = {}
+        self._ref_keys: set[bytes] = set()
+        self.reference_passes = 0  # forward-only reference pipeline passes run so far (tests, benchmarks)
 
     # -- construction ----------------------------------------------------------------------------------------
     @staticmethod
@@ -219,7 +236,7 @@ class MegatronBackend(TrainerBackend):
         from lmix_megatron.convert import HFWeights, load_hf_weights
 
         if (directory / "lmix_megatron.json").exists():
-            checkpoint.load(directory, model=gpt, optimizer=None)
+            checkpoint.load(directory, model=gpt, optimizers=())
         else:
             load_hf_weights(gpt, self.arch, HFWeights(directory).get)
 
@@ -283,8 +300,16 @@ class MegatronBackend(TrainerBackend):
             params_dtype=DTYPES[c.dtype],
             use_distributed_optimizer=True,
         )
-        self.optimizer = get_megatron_optimizer(ocfg, [self.model])
-        checkpoint.install_adam_checkpoint_fixes(self.optimizer)
+        self.optimizers = [
+            get_megatron_optimizer(ocfg, [self.model]) for _ in range(self.context.num_optimizer_states)
+        ]
+        self.optimizer = self.optimizers[0]
+        for opt in self.optimizers:
+            checkpoint.install_adam_checkpoint_fixes(opt)
+            if len(getattr(opt, "chained_optimizers", [opt])) != 1:
+                raise BackendError(
+                    "the megatron backend expects one distributed optimizer per state (no experts)"
+                )
         self.tconfig.finalize_model_grads_func = finalize_model_grads
         self.tconfig.grad_scale_func = self.optimizer.scale_loss
         self.tconfig.no_sync_func = self.model.no_sync
@@ -303,12 +328,22 @@ class MegatronBackend(TrainerBackend):
         return dist.get_rank() == 0
 
     def all_mean(self, values: dict[str, float]) -> dict[str, float]:
-        if self.topo.dp == 1 or not values:
+        """Mean over DP replicas of each key (over the replicas that report it; keys may differ between them)."""
+        if self.topo.dp == 1:
             return dict(values)
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=parallel.device())
+        gathered: list[Any] = [None] * self.topo.dp
+        dist.all_gather_object(gathered, sorted(values), group=self.topo.dp_group)
+        keys = sorted({k for ks in gathered for k in ks})
+        if not keys:
+            return {}
+        t = torch.tensor(
+            [float(values.get(k, 0.0)) for k in keys] + [1.0 if k in values else 0.0 for k in keys],
+            dtype=torch.float64,
+            device=parallel.device(),
+        )
         dist.all_reduce(t, group=self.topo.dp_group)
-        return {k: float(x) / self.topo.dp for k, x in zip(keys, t.tolist())}
+        n = len(keys)
+        return {k: float(t[i]) / max(float(t[n + i]), 1.0) for i, k in enumerate(keys)}
 
     def barrier(self) -> None:
         dist.barrier()
@@ -343,9 +378,10 @@ class MegatronBackend(TrainerBackend):
         default ``weight_decay``, so lmix applies the multipliers here.
         """
         lr = self._lr(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-            group["weight_decay"] = self.config.weight_decay * group.get("wd_mult", 1.0)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+                group["weight_decay"] = self.config.weight_decay * group.get("wd_mult", 1.0)
 
     def _output_weight(self, gpt: Any) -> Tensor:
         return gpt.shared_embedding_or_output_weight() if self.arch.tied else gpt.output_layer.weight
@@ -420,26 +456,63 @@ class MegatronBackend(TrainerBackend):
 
         if self.tconfig.sequence_parallel:
             h = gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=grad)  # [s, b, h]
-            h = h.reshape(-1, h.shape[-1])[pk.h_index.to(h.device)]  # [T, h]
-            return h
+            return h.reshape(-1, h.shape[-1])[pk.h_index.to(h.device)]  # [T, h] (backward: reduce-scatter)
         h = h.reshape(-1, h.shape[-1])[pk.h_index.to(h.device)]  # [T, h]
         return copy_to_tensor_model_parallel_region(h) if grad else h  # [T, h] (backward: TP all-reduce)
 
-    def _reference_hidden(self, packs: Sequence[Packed], needed: Sequence[bool]) -> dict[int, list[Tensor]]:
-        """Forward-only pass of every reference; on the last stage, ``{micro-batch: K × [T, h]}``."""
-        store: dict[int, list[Tensor]] = {i: [] for i, need in enumerate(needed) if need}
-        if not store or not self.refs:
-            return {}
+    def _row_hidden(self, h: Tensor, pk: Packed) -> list[Tensor]:
+        """Per-row final hidden states ``[len_i, h]`` of a forward-only pass (for the reference cache)."""
+        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+        if self.tconfig.sequence_parallel:
+            h = gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=False)  # [s, b, h]
+        return [h[: int(n), i].detach().clone() for i, n in enumerate(pk.lengths.tolist())]  # b × [len_i, h]
+
+    def _reference_hidden(
+        self, packs: Sequence[Packed], needed: Sequence[bool], *, fill_cache: bool
+    ) -> dict[int, list[Tensor]]:
+        """The references' final hidden states at the scored positions, ``{micro-batch: K × [T, h]}``.
+
+        Option "2b": a forward-only pipeline pass per reference; the last stage keeps only hidden states. With
+        ``reference_cache = "rollouts"`` the pass made by :meth:`score` on a rollout batch keeps every row's
+        hidden states (keyed by the row's tokens, on the last stage), and later ``train_step`` calls on rows of
+        that batch (PPO epochs, minibatches) reuse them instead of running the references again. Every rank
+        keeps the cache's keys, so all stages agree on skipping the pass.
+        """
         index = [i for i, need in enumerate(needed) if need]
+        if not index or not self.refs:
+            return {}
+        use_cache = self.config.reference_cache == "rollouts"
+        keys = {i: packs[i].row_keys() for i in index}
+        if use_cache and not fill_cache and all(k in self._ref_keys for i in index for k in keys[i]):
+            if not self.topo.last_stage:
+                return {}
+            return {
+                i: [
+                    batching.gather_rows([self._ref_cache[k][r] for k in keys[i]], packs[i])
+                    for r in range(len(self.refs))
+                ]
+                for i in index
+            }
+        if use_cache and fill_cache:
+            self._ref_cache, self._ref_keys = {}, set()
+        store: dict[int, list[Tensor]] = {i: [] for i in index}
         sub = [packs[i] for i in index]
+        self.reference_passes += 1
         for gpt, module in self.refs:
 
-            def keep(j: int, h: Tensor, _index: list[int] = index, _sub: list[Packed] = sub) -> Any:
-                store[_index[j]].append(self._scored_hidden(h, _sub[j], grad=False).detach())
+            def keep(j: int, h: Tensor, _sub: list[Packed] = sub) -> Any:
+                rows = self._row_hidden(h, _sub[j])
+                store[index[j]].append(batching.gather_rows(rows, _sub[j]))
+                if use_cache and fill_cache:
+                    for key, row in zip(keys[index[j]], rows, strict=True):
+                        self._ref_cache.setdefault(key, []).append(row)
                 return torch.zeros((), device=h.device), {}
 
             with torch.no_grad():
                 self._run(module, gpt, sub, keep, forward_only=True)
+        if use_cache and fill_cache:
+            self._ref_keys = {k for i in index for k in keys[i]}
         return store
 
     def _stats(
@@ -528,7 +601,7 @@ class MegatronBackend(TrainerBackend):
         batch = self._broadcast(batch)
         parts = batching.split_tokens(batch, self.config.micro_batch_size)
         packs = [self._pack(p) for p in parts]
-        ref_h = self._reference_hidden(packs, [self._needs_refs(p, ref_logp) for p in parts])
+        ref_h = self._reference_hidden(packs, [self._needs_refs(p, ref_logp) for p in parts], fill_cache=True)
         results: dict[int, tuple[Tensor, ...]] = {}
 
         def loss_fn(i: int, h: Tensor) -> tuple[Tensor, dict[str, Any]]:
@@ -567,15 +640,64 @@ class MegatronBackend(TrainerBackend):
     def train_step(
         self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
     ) -> StepReport:
-        if len(groups) != 1:
-            raise BackendError(f"the megatron backend takes one micro-batch group (got {len(groups)})")
+        n_states = self.context.num_optimizer_states
+        if len(groups) != n_states:
+            raise BackendError(
+                f"train_step got {len(groups)} micro-batch group(s) for {n_states} optimiser state(s)"
+            )
         groups = self._broadcast([list(g) for g in groups])
-        mbs = [p for mb in groups[0] for p in batching.split_rows(mb, self.config.micro_batch_size)]
+        self._set_lr(step)
+        self.model.train()
+        losses, norms, grads, summaries = [], [], [], []
+        finite = True
+        for k, group in enumerate(groups):
+            mbs = [p for mb in group for p in batching.split_rows(mb, self.config.micro_batch_size)]
+            loss, summary = self._forward_backward(mbs, objective, step)
+            losses.append(loss)
+            summaries.append((len(mbs), summary))
+            finite = self._all_finite(loss) and finite
+            norm = float("nan")
+            if finite:
+                opt = self.optimizers[k]
+                opt.prepare_grads()
+                norm = float(opt.get_grad_norm())
+                finite = math.isfinite(norm)
+                if finite and n_states > 1:  # the grad buffer is reused by the next group
+                    grads.append([p.grad.detach().clone() for p in self._main_params(k)])
+            norms.append(norm)
+        if finite and n_states == 1:
+            self._clip(self.optimizer, norms[0])
+            self.optimizer.step_with_ready_grads()
+        elif finite:
+            self._averaged_step(grads, norms)
+        if finite:
+            self._version += 1
+        self.model.zero_grad_buffer()
+        for opt in self.optimizers:
+            opt.zero_grad()
+        total = sum(n for n, _ in summaries)
+        keys = sorted({k for _, s in summaries for k in s})
+        metrics = {
+            k: sum(n * s[k] for n, s in summaries if k in s) / max(sum(n for n, s in summaries if k in s), 1)
+            for k in keys
+        }
+        means = self.all_mean({"loss": sum(losses), **metrics}) if total else {"loss": 0.0}
+        loss = means.pop("loss")
+        return StepReport(loss=loss, grad_norms=tuple(norms), skipped=not finite, metrics=means)
+
+    def _forward_backward(
+        self, mbs: Sequence[MicroBatch], objective: Objective, step: int
+    ) -> tuple[float, dict[str, float]]:
+        """Gradients of ``Σ objective(micro-batch)`` in the (zeroed) grad buffer; returns the loss and metrics."""
+        self.model.zero_grad_buffer()
+        for opt in self.optimizers:
+            opt.zero_grad()
         if not mbs:
-            return StepReport(loss=0.0, grad_norms=(0.0,), skipped=False)
+            return 0.0, {}
         packs = [self._pack(mb.tokens) for mb in mbs]
         want_ref = bool(objective.needs_ref_logp)
-        ref_h = self._reference_hidden(packs, [self._needs_refs(mb.tokens, want_ref) for mb in mbs])
+        needed = [self._needs_refs(mb.tokens, want_ref) for mb in mbs]
+        ref_h = self._reference_hidden(packs, needed, fill_cache=False)
         n_mb = len(packs)
 
         def loss_fn(i: int, h: Tensor) -> tuple[Tensor, dict[str, Any]]:
@@ -617,29 +739,53 @@ class MegatronBackend(TrainerBackend):
             # gradient is the sum of the micro-batches' losses (the objective's convention)
             return out.loss * n_mb, record
 
-        self._set_lr(step)
-        self.model.train()
-        self.model.zero_grad_buffer()
-        self.optimizer.zero_grad()
         records = self._run(self.model, self.gpt, packs, loss_fn, forward_only=False)
         summary = self._summarise(records)
-        loss = summary.pop("loss")
-        finite = self._all_finite(loss)
-        grad_norm = float("nan")
-        if finite:
-            self.optimizer.prepare_grads()
-            grad_norm = float(self.optimizer.get_grad_norm())
-            finite = math.isfinite(grad_norm)
-        if finite:
-            self._clip(grad_norm)
-            self.optimizer.step_with_ready_grads()
-            self._version += 1
-        else:
-            self.model.zero_grad_buffer()
-            self.optimizer.zero_grad()
-        means = self.all_mean({"loss": loss, **summary})
-        loss = means.pop("loss")
-        return StepReport(loss=loss, grad_norms=(grad_norm,), skipped=not finite, metrics=means)
+        return summary.pop("loss"), summary
+
+    def _main_params(self, k: int) -> list[Tensor]:
+        """Optimiser state ``k``'s fp32 main-parameter shards (same order in every state)."""
+        opt = getattr(self.optimizers[k], "chained_optimizers", [self.optimizers[k]])[0]
+        return [p for group in opt.optimizer.param_groups for p in group["params"]]
+
+    def _averaged_step(self, grads: list[list[Tensor]], norms: list[float]) -> None:
+        r"""Parallel update averaging over the optimiser states: ``θ ← θ̄ + Σ_k w_k Δ_k``.
+
+        Each state's AdamW steps from the same snapshot ``θ̄`` with its own group's gradient (clipped by that
+        group's norm), as ``lmix_core.ops.update_average.step_averaged`` does for the HF backend; here on the
+        distributed optimizer's fp32 main shards, then the model parameters are refreshed and all-gathered over DP.
+        Memory: two extra fp32 copies of this rank's shard per state.
+        """
+        weights = self.context.update_weights
+        inners = [getattr(o, "chained_optimizers", [o])[0] for o in self.optimizers]
+        mains = [self._main_params(k) for k in range(len(inners))]
+        with torch.no_grad():
+            snapshot = [p.detach().clone() for p in mains[0]]  # θ̄
+            stepped = []
+            for k, inner in enumerate(inners):
+                clip = self.config.grad_clip
+                coef = min(1.0, clip / (norms[k] + 1e-6)) if clip > 0 else 1.0
+                for p, s, g in zip(mains[k], snapshot, grads[k], strict=True):
+                    p.copy_(s)  # every state starts from θ̄ (fp32 states share storage with the model buffer)
+                    p.grad = g.mul_(coef) if coef != 1.0 else g
+                inner.optimizer.step()
+                stepped.append([p.detach().clone() for p in mains[k]])  # θ_k
+            for i, s in enumerate(snapshot):
+                theta = s.clone()
+                for w, st in zip(weights, stepped, strict=True):
+                    theta.add_(st[i] - s, alpha=w)  # θ̄ + Σ w_k (θ_k − θ̄)
+                for k in range(len(inners)):
+                    mains[k][i].copy_(theta)
+            for k in range(len(inners)):
+                for p in mains[k]:
+                    p.grad = None
+            inner0 = inners[0].optimizer
+            real_step = inner0.step
+            inner0.step = lambda *a, **kw: None  # parameters are already updated: only copy + all-gather
+            try:
+                inners[0].step_with_ready_grads()
+            finally:
+                inner0.step = real_step
 
     def _summarise(self, records: list[dict[str, Any]]) -> dict[str, float]:
         """Loss summed and metrics averaged over micro-batches, from the last stage to every stage."""
@@ -657,12 +803,12 @@ class MegatronBackend(TrainerBackend):
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item() == 1.0)
 
-    def _clip(self, grad_norm: float) -> None:
+    def _clip(self, optimizer: Any, grad_norm: float) -> None:
         from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 
         if self.config.grad_clip <= 0:
             return
-        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+        for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
             params = opt.get_parameters()
             if params:
                 clip_grad_by_total_norm_fp32(params, max_norm=self.config.grad_clip, total_norm=grad_norm)
@@ -704,11 +850,11 @@ class MegatronBackend(TrainerBackend):
             "version": self._version,
         }
         checkpoint.save(
-            Path(path), model=self.gpt, optimizer=self.optimizer, meta=meta, hf_side_dir=self._hf_side
+            Path(path), model=self.gpt, optimizers=self.optimizers, meta=meta, hf_side_dir=self._hf_side
         )
 
     def load_checkpoint(self, path: Path, /) -> None:
-        meta = checkpoint.load(Path(path), model=self.gpt, optimizer=self.optimizer)
+        meta = checkpoint.load(Path(path), model=self.gpt, optimizers=self.optimizers)
         self._version = int(meta.get("version", 0)) + 1  # force a fresh export to the rollout engine
         self._engine_version = -1
 

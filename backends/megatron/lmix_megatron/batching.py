@@ -13,6 +13,7 @@ the ``[N, S]`` layout.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import attrs
@@ -22,7 +23,7 @@ from torch import Tensor
 from lmix_core.errors import BackendError
 from lmix_core.types import MicroBatch, TokenBatch
 
-__all__ = ["Packed", "pack", "split_rows", "unpack"]
+__all__ = ["Packed", "concat_rows", "gather_rows", "pack", "split_rows", "split_tokens", "unpack"]
 
 
 @attrs.frozen(kw_only=True)
@@ -33,8 +34,9 @@ class Packed:
         input_ids: ``[b, L]`` left-aligned token ids (padding 0).
         h_index: ``[T]`` flat indices into the ``[L·b]`` hidden states (``s``-major) of the scored positions.
         target: ``[T]`` the token each of those positions predicts.
-        rows, cols: ``[T]`` where each statistic goes in the original ``[N, S]`` layout.
+        rows, cols: ``[T]`` where each statistic goes in the original ``[N, S]`` layout (``rows`` ascending).
         shape: the original ``(N, S)``.
+        lengths: ``[b]`` real tokens per row.
     """
 
     input_ids: Tensor
@@ -43,6 +45,19 @@ class Packed:
     rows: Tensor
     cols: Tensor
     shape: tuple[int, int]
+    lengths: Tensor
+
+    def row_keys(self) -> list[bytes]:
+        """A digest of each row's real tokens (identical on every rank; Python's ``hash`` is salted per process)."""
+        ids = self.input_ids.cpu()
+        return [
+            hashlib.blake2b(ids[i, : int(n)].numpy().tobytes(), digest_size=16).digest()
+            for i, n in enumerate(self.lengths.tolist())
+        ]
+
+    def positions(self) -> Tensor:
+        """``[T]`` the aligned column of each scored token's predecessor (``h_index // b``)."""
+        return self.h_index // self.num_rows
 
     @property
     def seq_len(self) -> int:
@@ -90,7 +105,15 @@ def pack(tokens: TokenBatch, *, multiple: int = 1) -> Packed:
         rows=rows,
         cols=cs,
         shape=(n, s),
+        lengths=lengths.long(),
     )
+
+
+def gather_rows(per_row: Sequence[Tensor], packed: Packed) -> Tensor:
+    """``[T, h]`` hidden states of the scored positions from per-row ``[len_i, h]`` hidden states."""
+    pos = packed.positions()  # [T]
+    parts = [per_row[i][pos[packed.rows == i].to(per_row[i].device)] for i in range(packed.num_rows)]
+    return torch.cat(parts, dim=0)  # [T, h] (rows ascending, as in packed.rows)
 
 
 def unpack(values: Tensor, packed: Packed) -> Tensor:

@@ -36,9 +36,10 @@ patched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,25 +198,52 @@ def install_adam_checkpoint_fixes(optimizer: Any, *, fixes: Collection[int] = (1
         opt._lmix_ckpt_fixes = tuple(fixes)
 
 
-def _sharded(model: Any, optimizer: Any, *, is_loading: bool) -> dict[str, Any]:
+def _in_process_results_queue() -> None:
+    """Give megatron's checkpoint writer an in-process results queue (lmix saves synchronously).
+
+    Its default is ``multiprocessing.get_context("spawn").Manager().Queue()``: a spawned manager process that
+    re-imports the launching ``__main__`` module (``python -m lmix`` or a test script) and so hangs or re-runs it
+    unless the module has a ``__main__`` guard, and costs a process start per rank. Synchronous saves put and get
+    the write results in the calling process, so a plain ``queue.Queue`` is enough.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
+def _prefixed(tree: Any, prefix: str) -> Any:
+    """A sharded state dict with every sharded entry's checkpoint key prefixed (a second optimizer state)."""
+    if isinstance(tree, dict):
+        return {k: _prefixed(v, prefix) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_prefixed(v, prefix) for v in tree]
+    if dataclasses.is_dataclass(tree) and hasattr(tree, "key") and isinstance(tree.key, str):
+        return dataclasses.replace(tree, key=prefix + tree.key)
+    return tree
+
+
+def _sharded(model: Any, optimizers: Sequence[Any], *, is_loading: bool) -> dict[str, Any]:
     model_sd = model.sharded_state_dict()
     out: dict[str, Any] = {"model": model_sd}
-    if optimizer is not None:
-        out["optimizer"] = optimizer.sharded_state_dict(
-            model_sd, is_loading=is_loading, metadata=DIST_OPT_METADATA
-        )
+    for k, opt in enumerate(optimizers):
+        sd = opt.sharded_state_dict(model_sd, is_loading=is_loading, metadata=DIST_OPT_METADATA)
+        out["optimizer" if k == 0 else f"optimizer_{k}"] = sd if k == 0 else _prefixed(sd, f"state{k}/")
     return out
 
 
 def save(
-    directory: Path, *, model: Any, optimizer: Any, meta: dict[str, Any], hf_side_dir: Path | None
+    directory: Path, *, model: Any, optimizers: Sequence[Any], meta: dict[str, Any], hf_side_dir: Path | None
 ) -> None:
-    """Write model and optimizer (every rank calls it; ``directory`` must not hold a checkpoint yet).
+    """Write model and optimizer states (every rank calls it; ``directory`` must not hold a checkpoint yet).
 
     Args:
         directory: the checkpoint directory.
         model: this rank's unwrapped ``GPTModel`` stage.
-        optimizer: the megatron optimizer (None saves the model only).
+        optimizers: the megatron optimizers, one per optimiser state (empty saves the model only); state ``k > 0``
+            is stored under keys prefixed ``state{k}/``.
         meta: JSON-able backend counters, written by global rank 0.
         hf_side_dir: an HF directory whose config and tokenizer files are copied into ``DIR/hf``.
     """
@@ -231,14 +259,16 @@ def save(
         (directory / "dist").mkdir(parents=True, exist_ok=True)
         (directory / "rng").mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    if optimizer is not None:
-        install_adam_checkpoint_fixes(optimizer)
-    dist_checkpointing.save(_sharded(model, optimizer, is_loading=False), str(directory / "dist"))
+    for opt in optimizers:
+        install_adam_checkpoint_fixes(opt)
+    _in_process_results_queue()
+    dist_checkpointing.save(_sharded(model, optimizers, is_loading=False), str(directory / "dist"))
     torch.save({"cpu": torch.get_rng_state()}, directory / "rng" / f"rank{rank}.pt")
     if rank == 0:
         if hf_side_dir is not None:
             copy_side_files(Path(hf_side_dir), directory / "hf")
-        body = {"format": FORMAT, "content": "model+optimizer" if optimizer is not None else "model", **meta}
+        content = "model+optimizer" if optimizers else "model"
+        body = {"format": FORMAT, "content": content, "optimizer_states": len(optimizers), **meta}
         (directory / "lmix_megatron.json").write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
     dist.barrier()
 
@@ -258,24 +288,30 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load(directory: Path, *, model: Any, optimizer: Any) -> dict[str, Any]:
+def load(directory: Path, *, model: Any, optimizers: Sequence[Any]) -> dict[str, Any]:
     """Load what :func:`save` wrote, at this process's layout (resharding as needed); returns the meta dict.
 
-    With ``optimizer`` None only the model is loaded (e.g. a checkpoint used as initial weights).
+    With no ``optimizers`` only the model is loaded (e.g. a checkpoint used as initial weights).
     """
     from megatron.core import dist_checkpointing
 
     directory = Path(directory)
     meta = read_meta(directory)
-    if optimizer is not None and meta.get("content") != "model+optimizer":
+    if optimizers and meta.get("content") != "model+optimizer":
         raise BackendError(f"{str(directory)!r} holds no optimizer state; it cannot be resumed from")
-    if optimizer is not None:
-        install_adam_checkpoint_fixes(optimizer)
-    sharded = _sharded(model, optimizer, is_loading=True)
+    saved_states = int(meta.get("optimizer_states", 1))
+    if optimizers and saved_states != len(optimizers):
+        raise BackendError(
+            f"{str(directory)!r} holds {saved_states} optimiser state(s), the run keeps {len(optimizers)}; "
+            "resume with the mixer the checkpoint was written with"
+        )
+    for opt in optimizers:
+        install_adam_checkpoint_fixes(opt)
+    sharded = _sharded(model, optimizers, is_loading=True)
     state = dist_checkpointing.load(sharded, str(directory / "dist"))
     model.load_state_dict(state["model"], strict=True)
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    for k, opt in enumerate(optimizers):
+        opt.load_state_dict(state["optimizer" if k == 0 else f"optimizer_{k}"])
     rng = directory / "rng" / f"rank{dist.get_rank()}.pt"
     if rng.exists() and meta.get("world_size") == dist.get_world_size():
         torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])

@@ -18,10 +18,11 @@ On-disk Megatron format written by :func:`convert` (and by the backend's checkpo
 ``megatron.core.dist_checkpointing`` checkpoint (global shapes, so it loads at any TP/PP) and ``DIR/hf/`` the HF
 config, generation config and tokenizer files.
 
-Command line (wired as ``lmix convert`` by the CLI; ``main(argv)``)::
+Command line (``lmix convert`` calls :func:`convert_command`; ``main(argv)`` is the module's own)::
 
-    python -m lmix_megatron.convert hf2mcore SRC_HF_DIR DST_DIR [--tp 2 --pp 2]
-    python -m lmix_megatron.convert mcore2hf SRC_DIR DST_HF_DIR [--tp 1 --pp 1]
+    lmix convert --to megatron SRC_HF_DIR DST_DIR [--tp 2 --pp 2]
+    lmix convert --to hf SRC_DIR DST_HF_DIR
+    python -m lmix_megatron.convert {hf2mcore,mcore2hf} SRC DST [--tp N --pp M]
 
 Without ``torchrun``, a conversion at ``tp·pp > 1`` relaunches itself under ``torchrun --nproc_per_node tp·pp``.
 """
@@ -51,6 +52,7 @@ __all__ = [
     "convert",
     "export_hf_state_dict",
     "load_hf_weights",
+    "convert_command",
     "main",
     "read_hf_config",
     "write_hf_dir",
@@ -441,6 +443,9 @@ def convert(
             load_hf_weights(model, arch, HFWeights(src).get)
             (dst / "dist").mkdir(parents=True, exist_ok=True)
             dist.barrier()
+            from lmix_megatron.checkpoint import _in_process_results_queue
+
+            _in_process_results_queue()
             dist_checkpointing.save(model.sharded_state_dict(), str(dst / "dist"))
             if dist.get_rank() == 0:
                 copy_side_files(src, dst / "hf")
@@ -490,6 +495,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_source(direction: str, src: Path, dst: Path) -> str:
+    """A message when ``src``/``dst`` cannot work (checked before anything heavy is imported or launched)."""
+    if direction == "hf2mcore" and not (src / "config.json").exists():
+        return f"{str(src)!r} has no config.json; hf2mcore expects a Hugging Face model directory"
+    if direction == "mcore2hf" and not (src / "dist").is_dir():
+        return f"{str(src)!r} has no dist/ folder; mcore2hf expects a megatron directory written by lmix"
+    if dst.exists() and any(dst.iterdir()):
+        return f"{str(dst)!r} is not empty; choose a new output directory"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``lmix convert`` entry point; returns the exit status.
 
@@ -499,6 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     if args.tp < 1 or args.pp < 1:
         print("lmix convert: --tp and --pp must be >= 1", file=sys.stderr)
+        return 2
+    problem = _check_source(args.direction, args.src, args.dst)
+    if problem:
+        print(f"lmix convert: {problem}", file=sys.stderr)
         return 2
     if args.tp * args.pp > 1 and not _under_torchrun():
         cmd = [
@@ -519,6 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lmix convert: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    """Handler of ``lmix convert --to {megatron,hf} SRC DST [--tp N --pp M]`` (the CLI's parsed arguments)."""
+    direction = "hf2mcore" if args.to == "megatron" else "mcore2hf"
+    return main([direction, str(args.src), str(args.dst), "--tp", str(args.tp), "--pp", str(args.pp)])
 
 
 if __name__ == "__main__":

@@ -164,10 +164,11 @@ def token_stats(
     if gather and tp > 1:
         from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-        z_policy = gather_from_tensor_model_parallel_region(z_policy)[
-            ..., :vocab_size
-        ]  # [T, V] (backward: split)
-        z_refs = [gather_from_tensor_model_parallel_region(z.detach())[..., :vocab_size] for z in z_refs]
+        gathered = gather_from_tensor_model_parallel_region(z_policy)  # [T, V_pad] (backward: split)
+        z_policy = gathered[..., :vocab_size]  # [T, V]
+        z_refs = [
+            gather_from_tensor_model_parallel_region(z.detach())[..., :vocab_size] for z in z_refs
+        ]  # K×[T, V]
         z = z_policy if mix is None else mix(z_policy, z_refs)  # [T, V]
         z = z.float() / temperature  # [T, V]
         lse = torch.logsumexp(z, dim=-1)  # [T]
@@ -185,7 +186,6 @@ def ref_log_probs(z_ref: Tensor, target: Tensor, *, temperature: float, vocab_si
     """``log softmax(z_ref / T)[target]`` of a reference's TP-split logits, without gradient. Shape: ``[T]``."""
     _, _, rank = _tp()
     with torch.no_grad():
-        z = mask_padding(
-            z_ref.float() / temperature, vocab_size, shard_start=rank * z_ref.shape[-1]
-        )  # [T, V/TP]
+        start = rank * z_ref.shape[-1]
+        z = mask_padding(z_ref.float() / temperature, vocab_size, shard_start=start)  # [T, V/TP]
         return log_probs(z, target)  # [T]

@@ -121,6 +121,90 @@ def hf_train_step(policy_dir: str, ref_dir: str, batch: Any, weights: torch.Tens
     return {"loss": float(loss), "grad_norm": float(grad_norm), "weights": dict(policy.state_dict())}
 
 
+def second_batch(batch: Any, weights: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """The rows of ``make_batch`` in reverse order with other token weights (a second micro-batch group)."""
+    import attrs
+
+    g = torch.Generator().manual_seed(5)
+    flipped = attrs.evolve(
+        batch,
+        input_ids=batch.input_ids.flip(0),
+        attention_mask=batch.attention_mask.flip(0),
+        loss_mask=batch.loss_mask.flip(0),
+    )
+    return flipped, (torch.rand(batch.input_ids.shape, generator=g) * batch.loss_mask).flip(0)
+
+
+def hf_parallel_average(policy_dir: str, ref_dir: str, groups: Any, update_weights: Any) -> dict[str, Any]:
+    """Two AdamW states stepping from one snapshot, each on its own group's (clipped) gradient, averaged with
+    ``lmix_core.ops.update_average.step_averaged`` (what the HF backend does)."""
+    import transformers
+
+    from lmix_core.ops.update_average import step_averaged
+
+    policy = transformers.AutoModelForCausalLM.from_pretrained(policy_dir).train()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(ref_dir).eval()
+    params = list(policy.parameters())
+    mix = lambda z, zr: ALPHA * z + (1 - ALPHA) * zr[0].detach()
+    opts, grads, norms, total = [], [], [], 0.0
+    for batch, w in groups:
+        policy.zero_grad()
+        lp, ent, rl = hf_stats(policy, ref, batch, mix)
+        loss = -(w * lp).sum() - ENT_COEF * (w * ent).sum() + KL_COEF * (w * (lp - rl) ** 2).sum()
+        loss.backward()
+        total += float(loss)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)))
+        grads.append([p.grad.clone() for p in params])
+        decay = [p for p in params if p.dim() >= 2]
+        rest = [p for p in params if p.dim() < 2]
+        groups_ = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
+        opts.append(torch.optim.AdamW(groups_, lr=LR, eps=ADAM_EPS))
+    step_averaged(params, grads, opts, update_weights)
+    return {"loss": total, "grad_norms": norms, "weights": dict(policy.state_dict())}
+
+
+def parallel_average_check(
+    policy_dir: str, ref_dir: str, combiner: Any, batch: Any, weights: Any
+) -> dict[str, Any]:
+    """Two optimiser states (the ``parallel_average`` mixer) at TP2×PP2 vs :func:`hf_parallel_average`."""
+    from lmix_core.config import build
+    from lmix_core.interfaces.backend import BackendContext
+    from lmix_core.types import MicroBatch
+    from lmix_megatron.backend import MegatronBackend
+
+    b2, w2 = second_batch(batch, weights)
+    groups = [
+        [MicroBatch(tokens=batch, role="rl", tensors={"token_weights": weights})],
+        [MicroBatch(tokens=b2, role="sft", tensors={"token_weights": w2})],
+    ]
+    table = {
+        "model": policy_dir,
+        "references": [ref_dir],
+        "tp": 2,
+        "pp": 2,
+        "micro_batch_size": 2,
+        "lr": LR,
+        "weight_decay": WEIGHT_DECAY,
+        "grad_clip": GRAD_CLIP,
+        "adam_eps": ADAM_EPS,
+    }
+    context = BackendContext(
+        combiner=combiner, num_references=1, num_optimizer_states=2, update_weights=(0.3, 0.7)
+    )
+    be = MegatronBackend(build(MegatronBackend.Config, table), context)
+    report = be.train_step(groups, Objective(), step=0)
+    exported = be._export()
+    be.close()
+    if dist.get_rank() != 0:
+        return {}
+    expect = hf_parallel_average(policy_dir, ref_dir, [(batch, weights), (b2, w2)], (0.3, 0.7))
+    return {
+        "loss": abs(report.loss - expect["loss"]),
+        "grad_norms": max(abs(a - b) for a, b in zip(report.grad_norms, expect["grad_norms"], strict=True)),
+        "weights": max(maxdiff(exported[k], v) for k, v in expect["weights"].items()),
+    }
+
+
 def build_backend(model: str, ref: str, tp: int, pp: int, combiner: Any, **extra: Any) -> Any:
     from lmix_core.config import build
     from lmix_core.interfaces.backend import BackendContext
@@ -227,6 +311,7 @@ def main(args_path: str) -> None:
             rescored = be.score(gen.tokens, temperature=0.8)
             r["sampler_logp"] = maxdiff(rescored.logp, sampled.logp)
         if pp == 2:
+            passes = be.reference_passes
             report = be.train_step(
                 [[MicroBatch(tokens=batch, role="rl", tensors={"token_weights": weights})]],
                 Objective(),
@@ -241,8 +326,33 @@ def main(args_path: str) -> None:
                 original = transformers.AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
                 r["train_update_size"] = max(maxdiff(original[k], v) for k, v in expect["weights"].items())
                 r["train_skipped"] = float(report.skipped)
+                r["train_reference_passes"] = float(be.reference_passes - passes)
         be.close()
         result["layouts"][f"tp{tp}pp{pp}"] = r
+    expect_step = hf_train_step(policy_dir, ref_dir, batch, weights) if dist.get_rank() == 0 else None
+    for name, extra in (("sp", {"sequence_parallel": True}), ("bf16", {"dtype": "bfloat16"})):
+        be = build_backend(policy_dir, ref_dir, 2, 2, combiner, **extra)
+        st = be.score(batch, temperature=TEMPERATURE, entropy=True, ref_logp=True)
+        mb = MicroBatch(tokens=batch, role="rl", tensors={"token_weights": weights})
+        report = be.train_step([[mb]], Objective(), step=0)
+        exported = be._export()
+        if dist.get_rank() == 0:
+            scored = expect_mixed[0] != 0
+            result[f"tp2pp2_{name}"] = {
+                "combined_logp": maxdiff(st.logp, expect_mixed[0]),
+                "combined_entropy": maxdiff(st.entropy, expect_mixed[1]),
+                "combined_logp_relative": float(
+                    (st.logp - expect_mixed[0]).abs()[scored].mean() / expect_mixed[0].abs()[scored].mean()
+                ),
+                "combined_entropy_relative": float(
+                    (st.entropy - expect_mixed[1]).abs()[scored].mean() / expect_mixed[1].abs()[scored].mean()
+                ),
+                "train_loss": abs(report.loss - expect_step["loss"]),
+                "train_loss_relative": abs(report.loss - expect_step["loss"]) / abs(expect_step["loss"]),
+                "train_weights": max(maxdiff(exported[k], v) for k, v in expect_step["weights"].items()),
+            }
+        be.close()
+    result["parallel_average"] = parallel_average_check(policy_dir, ref_dir, combiner, batch, weights)
     be = build_backend(policy_dir, ref_dir, 2, 2, nonlocal_mix_combiner(nonlocal_mix), vocab_mix="auto")
     st = be.score(batch, temperature=TEMPERATURE, entropy=True)
     result["nonlocal_logp"] = maxdiff(st.logp, expect_nonlocal[0])

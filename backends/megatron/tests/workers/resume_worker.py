@@ -47,7 +47,7 @@ def micro_batch(seed: int) -> Any:
     )
 
 
-def backend(args: dict[str, Any], tp: int, pp: int) -> Any:
+def backend(args: dict[str, Any], tp: int, pp: int, states: int = 1) -> Any:
     from lmix_core.config import build
     from lmix_core.interfaces.backend import BackendContext
     from lmix_core.registries import combiners
@@ -68,7 +68,12 @@ def backend(args: dict[str, Any], tp: int, pp: int) -> Any:
         "total_steps": 4,
         "distributed_timeout_s": 300.0,
     }
-    context = BackendContext(combiner=la(build(la.Config, {"alpha": 0.5})), num_references=1)
+    context = BackendContext(
+        combiner=la(build(la.Config, {"alpha": 0.5})),
+        num_references=1,
+        num_optimizer_states=states,
+        update_weights=(0.5, 0.5) if states == 2 else (1.0,),
+    )
     return MegatronBackend(build(MegatronBackend.Config, table), context)
 
 
@@ -78,6 +83,29 @@ def steps(be: Any, start: int, stop: int) -> list[dict[str, float]]:
         rep = be.train_step([[micro_batch(100 + step)]], Objective(), step=step)
         out.append({"loss": rep.loss, "grad_norm": rep.grad_norms[0]})
     return out
+
+
+def two_state_resume(args: dict[str, Any], ckpt: Path) -> dict[str, Any]:
+    """Two optimiser states: TP2×PP2 step 0, save, step 1; TP1×PP1 load, step 1: same result."""
+    groups = lambda step: [[micro_batch(200 + step)], [micro_batch(300 + step)]]  # noqa: E731
+    be = backend(args, 2, 2, states=2)
+    be.train_step(groups(0), Objective(), step=0)
+    be.save_checkpoint(ckpt)
+    a = be.train_step(groups(1), Objective(), step=1)
+    wa = be._export()
+    be.close()
+    be = backend(args, 1, 1, states=2)
+    be.load_checkpoint(ckpt)
+    b = be.train_step(groups(1), Objective(), step=1)
+    wb = be._export()
+    be.close()
+    if dist.get_rank() != 0:
+        return {}
+    return {
+        "loss": abs(a.loss - b.loss),
+        "grad_norms": max(abs(x - y) for x, y in zip(a.grad_norms, b.grad_norms, strict=True)),
+        "weights": max(float((wa[k] - wb[k]).abs().max()) for k in wa),
+    }
 
 
 def adam_steps(be: Any) -> list[float]:
@@ -102,7 +130,7 @@ def bug_demonstrations(be: Any, ckpt: Path) -> dict[str, Any]:
         opt = get_megatron_optimizer(be.optimizer.config, [be.model])
         checkpoint.install_adam_checkpoint_fixes(opt, fixes=fixes)
         try:
-            checkpoint.load(ckpt, model=be.gpt, optimizer=opt)
+            checkpoint.load(ckpt, model=be.gpt, optimizers=[opt])
         except Exception as exc:  # noqa: BLE001 - the failure is the observation
             out[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             continue
@@ -181,6 +209,7 @@ def main(args_path: str) -> None:
     be.save_pretrained(hf_dir)
     result["bugs"] = bug_demonstrations(be, ckpt)
     be.close()
+    result["two_states"] = two_state_resume(args, out / "ckpt2")
 
     if dist.get_rank() == 0:
         import transformers
