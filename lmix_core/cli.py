@@ -250,7 +250,26 @@ def run_command(args: argparse.Namespace) -> int:
             f"`lmix run` is not available yet: the training loop ({COMMANDS['run'][0]}) is not part of this "
             f"installation. The recipe itself is valid: {recipe.summary()}"
         ) from None
+    if _under_torchrun():
+        # The failing rank writes its exception and traceback to torchrun's error file; the agent then stops the
+        # other workers and prints that rank as the root cause, so the job ends with its message instead of hanging.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        fn = record(fn)
     return fn(args)
+
+
+def _under_torchrun() -> bool:
+    """True in a worker process started by ``torchrun`` (torch.distributed.run)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "TORCHELASTIC_ERROR_FILE" in os.environ
+
+
+def _rank_tag() -> str:
+    """`` [rank R/W]`` in a multi-process launch (so a failing rank's message says which rank), else empty."""
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
+        return f" [rank {os.environ.get('RANK', '?')}/{world}]"
+    return ""
 
 
 def _dispatch(command: str) -> Callable[[argparse.Namespace], int]:
@@ -392,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LmixError as exc:
         if debug:
             raise
-        print(f"lmix {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lmix {args.command}{_rank_tag()}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"lmix {args.command}: interrupted", file=sys.stderr)

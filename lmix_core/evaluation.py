@@ -33,7 +33,7 @@ def deployment(combiner: Any, config: EvalConfig) -> str:
     """``combined`` or ``policy``: the Config's choice, else the combiner's own default."""
     if config.deploy != "auto":
         return config.deploy
-    return str(getattr(combiner, "deploy", combiner.deploy_default))
+    return str(combiner.deploy)
 
 
 def evaluate(

@@ -12,10 +12,12 @@ question (group size).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Distribution = Literal["combined", "policy"]
 Role = Literal["rl", "sft"]
@@ -143,6 +145,8 @@ class RewardInput:
         completion: the generated text (the response only).
         reference: the reference answer ("" when there is none).
         metadata: free per-sample fields from the dataset (choices, numbers, target ...).
+        num_tokens: the completion's length in tokens (what length-based rewards such as ``overlong`` read);
+            0 when unknown.
     """
 
     prompt: str

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from lmix_core.errors import LmixError
-from lmix_core.interfaces.advantage import AdvantageEstimator
-from lmix_core.ops.groups import grouped
+from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
+from lmix_core.ops.groups import Singleton, grouped, singleton_field
 from lmix_core.types import AdvantageInputs
 
 
@@ -98,9 +98,7 @@ class BNPO(AdvantageEstimator):
         out_of_range: Literal["error", "clamp"] = attrs.field(
             default="error", validator=attrs.validators.in_(("error", "clamp"))
         )
-        singleton: Literal["raw", "zero"] = attrs.field(
-            default="zero", validator=attrs.validators.in_(("raw", "zero"))
-        )
+        singleton: Singleton = singleton_field("zero")
 
         def __attrs_post_init__(self) -> None:
             if not self.reward_max > self.reward_min:
@@ -110,7 +108,7 @@ class BNPO(AdvantageEstimator):
                 )
 
     @property
-    def invariances(self) -> frozenset[str]:
+    def invariances(self) -> frozenset[Invariance]:
         """None: the reward range is fixed by the Config."""
         return frozenset()
 

@@ -8,8 +8,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.interfaces.advantage import AdvantageEstimator
-from lmix_core.ops.groups import Grouped, grouped
+from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
+from lmix_core.ops.groups import Grouped, Singleton, grouped, singleton_field
 from lmix_core.types import AdvantageInputs
 
 
@@ -56,12 +56,10 @@ class GRPO(AdvantageEstimator):
         scale: Literal["group", "batch", "none"] = attrs.field(
             default="group", validator=attrs.validators.in_(("group", "batch", "none"))
         )
-        singleton: Literal["raw", "zero"] = attrs.field(
-            default="raw", validator=attrs.validators.in_(("raw", "zero"))
-        )
+        singleton: Singleton = singleton_field("raw")
 
     @property
-    def invariances(self) -> frozenset[str]:
+    def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards (read by the contract suite):
         ``shift`` (r + b) and, unless ``scale = "none"``, ``scale`` (a·r, a > 0, up to eps)."""
         return frozenset({"shift"} if self.config.scale == "none" else {"shift", "scale"})
@@ -83,12 +81,8 @@ class GRPO(AdvantageEstimator):
     def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
         g = grouped(inputs, owner="grpo")
         eps = self.config.eps if self.config.scale != "none" else 0.0
-        centred = g.rewards - g.group_mean(g.rewards)[g.index]  # [N]
+        centred = g.centred()  # [N]
         denom = self._std(g) + eps  # [N]
         adv = torch.where(centred == 0, torch.zeros_like(centred), centred / denom)  # [N]
-        singleton = g.row_count == 1  # [N]
-        lone = (
-            g.rewards / (1.0 + eps) if self.config.singleton == "raw" else torch.zeros_like(g.rewards)
-        )  # [N]
-        adv = torch.where(singleton, lone, adv)  # [N]
+        adv = g.resolve_singletons(adv, self.config.singleton, raw=g.rewards / (1.0 + eps))  # [N]
         return g.broadcast(adv)  # [N, S]

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, final
+from typing import final
 
 import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.interfaces.advantage import AdvantageEstimator
-from lmix_core.ops.groups import grouped
+from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
+from lmix_core.ops.groups import Singleton, baseline_advantage, grouped, singleton_field
 from lmix_core.types import AdvantageInputs
 
 
@@ -44,12 +44,10 @@ class OPO(AdvantageEstimator):
             singleton: groups with one valid reward: ``raw`` (baseline 0, as verl) or ``zero``.
         """
 
-        singleton: Literal["raw", "zero"] = attrs.field(
-            default="raw", validator=attrs.validators.in_(("raw", "zero"))
-        )
+        singleton: Singleton = singleton_field("raw")
 
     @property
-    def invariances(self) -> frozenset[str]:
+    def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards: ``shift``."""
         return frozenset({"shift"})
 
@@ -58,8 +56,5 @@ class OPO(AdvantageEstimator):
         length = g.lengths  # [N]
         total_len = g.group_sum(length)  # [G]
         weighted = g.group_sum(length * g.rewards) / total_len.clamp(min=1.0)  # [G]
-        baseline = torch.where(total_len > 0, weighted, g.group_mean(g.rewards))[g.index]  # [N]
-        adv = g.rewards - baseline  # [N]
-        lone = g.rewards if self.config.singleton == "raw" else torch.zeros_like(g.rewards)  # [N]
-        adv = torch.where(g.row_count == 1, lone, adv)  # [N]
-        return g.broadcast(adv)  # [N, S]
+        baseline = torch.where(total_len > 0, weighted, g.group_mean(g.rewards))  # [G]
+        return baseline_advantage(g, baseline, self.config.singleton)  # [N, S]

@@ -8,8 +8,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.interfaces.advantage import AdvantageEstimator
-from lmix_core.ops.groups import grouped
+from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
+from lmix_core.ops.groups import Singleton, grouped, singleton_field
 from lmix_core.ops.masked import masked_whiten
 from lmix_core.types import AdvantageInputs
 
@@ -57,12 +57,10 @@ class ReinforcePP(AdvantageEstimator):
             default=1.0, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
         )
         eps: float = attrs.field(default=1e-8, validator=attrs.validators.gt(0.0))
-        singleton: Literal["raw", "zero"] = attrs.field(
-            default="raw", validator=attrs.validators.in_(("raw", "zero"))
-        )
+        singleton: Singleton = singleton_field("raw")
 
     @property
-    def invariances(self) -> frozenset[str]:
+    def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards (up to eps)."""
         if self.config.gamma == 1.0 or self.config.baseline == "group":
             return frozenset({"shift", "scale"})
@@ -72,9 +70,7 @@ class ReinforcePP(AdvantageEstimator):
         g = grouped(inputs, owner="reinforce_pp")
         r = g.rewards  # [N]
         if self.config.baseline == "group":
-            centred = r - g.group_mean(r)[g.index]  # [N]
-            lone = r if self.config.singleton == "raw" else torch.zeros_like(r)  # [N]
-            r = torch.where(g.row_count == 1, lone, centred)  # [N]
+            r = g.resolve_singletons(g.centred(), self.config.singleton)  # [N]
         m = g.mask & g.valid[:, None]  # [N, S]
         after = m.flip(-1).cumsum(-1).flip(-1) - m.to(torch.long)  # [N, S] response tokens after t
         gamma = torch.tensor(self.config.gamma, dtype=torch.float64, device=after.device)  # []

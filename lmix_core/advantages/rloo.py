@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, final
+from typing import final
 
 import attrs
-import torch
 from torch import Tensor
 
-from lmix_core.interfaces.advantage import AdvantageEstimator
-from lmix_core.ops.groups import grouped
+from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
+from lmix_core.ops.groups import Singleton, grouped, singleton_field
 from lmix_core.types import AdvantageInputs
 
 
@@ -37,20 +36,15 @@ class RLOO(AdvantageEstimator):
             singleton: groups with one valid reward: ``zero`` (default) or ``raw`` (verl keeps ``r``).
         """
 
-        singleton: Literal["raw", "zero"] = attrs.field(
-            default="zero", validator=attrs.validators.in_(("raw", "zero"))
-        )
+        singleton: Singleton = singleton_field("zero")
 
     @property
-    def invariances(self) -> frozenset[str]:
+    def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards: ``shift``."""
         return frozenset({"shift"})
 
     def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
         g = grouped(inputs, owner="rloo")
         n = g.row_count  # [N]
-        centred = g.rewards - g.group_mean(g.rewards)[g.index]  # [N]
-        adv = centred * n / (n - 1.0).clamp(min=1.0)  # [N]
-        lone = g.rewards if self.config.singleton == "raw" else torch.zeros_like(g.rewards)  # [N]
-        adv = torch.where(n == 1, lone, adv)  # [N]
-        return g.broadcast(adv)  # [N, S]
+        adv = g.centred() * n / (n - 1.0).clamp(min=1.0)  # [N]
+        return g.broadcast(g.resolve_singletons(adv, self.config.singleton))  # [N, S]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, final
+from typing import final
 
 import attrs
 from attrs import validators as v
 from torch import Tensor
 
-from lmix_core.interfaces.combiner import PolicyCombiner
+from lmix_core.interfaces.combiner import PolicyCombiner, deploy_field
 from lmix_core.ops.mixed_logprobs import check_reference_logits, geometric_mix
+from lmix_core.types import Distribution
 
 
 @final
@@ -44,12 +45,10 @@ class LogitAverage(PolicyCombiner):
         """
 
         alpha: float = attrs.field(default=0.5, validator=[v.ge(0.0), v.le(1.0)])
-        deploy: Literal["combined", "policy"] = attrs.field(
-            default="combined", validator=v.in_(("combined", "policy"))
-        )
+        deploy: Distribution = deploy_field()
 
     @property
-    def deploy(self) -> str:
+    def deploy(self) -> Distribution:
         """Where evaluation samples from (``Config.deploy``)."""
         return self.config.deploy
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from lmix_core.errors import BackendError
 from lmix_core.interfaces.combiner import PolicyCombiner
+from lmix_core.types import Distribution
 
 
 @final
@@ -27,7 +28,7 @@ class Policy(PolicyCombiner):
         """No parameters."""
 
     @property
-    def deploy(self) -> str:
+    def deploy(self) -> Distribution:
         """Where evaluation samples from: the policy (the same as the combined distribution here)."""
         return "policy"
 

@@ -15,6 +15,7 @@ from lmix_core.errors import BackendError
 from lmix_core.interfaces.combiner import LossMasks, PolicyCombiner
 from lmix_core.ops.mixed_logprobs import check_reference_logits
 from lmix_core.ops.schedules import Shape, interpolate
+from lmix_core.types import Distribution
 
 #: Slack for ``ceil(fraction · count)`` so that 0.7·10 = 7.000000000000001 keeps 7 tokens, not 8.
 _CEIL_SLACK = 1e-9
@@ -88,7 +89,7 @@ class Prefix(PolicyCombiner):
         )
 
     @property
-    def deploy(self) -> str:
+    def deploy(self) -> Distribution:
         """Where evaluation samples from: the policy (there is no reference to combine with)."""
         return "policy"
 

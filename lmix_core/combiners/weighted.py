@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, final
+from typing import final
 
 import attrs
 from attrs import validators as v
 from torch import Tensor
 
-from lmix_core.interfaces.combiner import PolicyCombiner
+from lmix_core.interfaces.combiner import PolicyCombiner, deploy_field
 from lmix_core.ops.mixed_logprobs import check_reference_logits, geometric_mix
 from lmix_core.ops.schedules import Shape, interpolate
+from lmix_core.types import Distribution
 
 
 def _on_simplex(instance: object, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
@@ -74,12 +75,10 @@ class Weighted(PolicyCombiner):
         ref_weights: tuple[float, ...] = attrs.field(
             default=(1.0,), converter=_float_tuple, validator=_on_simplex
         )
-        deploy: Literal["combined", "policy"] = attrs.field(
-            default="combined", validator=v.in_(("combined", "policy"))
-        )
+        deploy: Distribution = deploy_field()
 
     @property
-    def deploy(self) -> str:
+    def deploy(self) -> Distribution:
         """Where evaluation samples from (``Config.deploy``)."""
         return self.config.deploy
 

@@ -22,6 +22,9 @@ adapter                   native columns                              Example
 ========================  ==========================================  ==============================================
 
 Rows of ``math``/``numina_cn_k12`` whose solution has no ``\\boxed{}`` are skipped (they have no checkable answer).
+
+``[data] text_column`` (plain-text pretraining documents) bypasses these: :func:`adapter_for` then returns an adapter
+that makes each non-empty text one Example with an empty prompt and the text as its demonstration.
 """
 
 from __future__ import annotations
@@ -108,6 +111,19 @@ def _columns_adapter(config: DataConfig) -> Adapter:
 
     required = (config.prompt_column, config.answer_column) + (() if demo is None else (demo,))
     return Adapter(name="none", required=required, convert=convert)
+
+
+def _text_adapter(config: DataConfig) -> Adapter:
+    """Plain-text documents (``text_column``): the whole text is the demonstration, the prompt is empty."""
+    column = str(config.text_column)
+
+    def convert(row: Mapping[str, Any], index: int) -> Example | None:
+        text = _text(row[column])
+        if not text:
+            return None
+        return Example(index=index, prompt="", answer="", demonstration=text)
+
+    return Adapter(name="none", required=(column,), convert=convert, skip_reason="empty text")
 
 
 def _boxed_solution(row: Mapping[str, Any], index: int, metadata: Sequence[str]) -> Example | None:
@@ -208,5 +224,11 @@ ADAPTERS: Mapping[str, Callable[[DataConfig], Adapter]] = {
 
 
 def adapter_for(config: DataConfig) -> Adapter:
-    """The adapter that ``config.adapter`` names, built for ``config``'s column mapping."""
+    """The adapter that ``config.adapter`` names, built for ``config``'s column mapping.
+
+    With ``config.text_column`` set, the plain-text adapter: each row's text is one document (Example with an
+    empty prompt and the text as its demonstration); empty texts are skipped.
+    """
+    if config.text_column is not None:
+        return _text_adapter(config)
     return ADAPTERS[config.adapter](config)

@@ -61,6 +61,11 @@ class DataConfig:
         limit: keep only this many training examples (after shuffling).
         eval_limit: keep only the first this many held-out examples (file order).
         shuffle_seed: seed of the one-off shuffle of the training examples at load time (eval keeps file order).
+        text_column: plain-text language modelling (pretraining): the column holding each document. Set, every row
+            becomes an Example whose demonstration is the whole text and whose prompt is empty; the rendered
+            prompt is the tokenizer's BOS token (or nothing), so SFT trains on every token of the document. The
+            prompt, answer and demonstration columns and the templates are then ignored. Needs ``adapter =
+            "none"``.
     """
 
     train: str = attrs.field(validator=[attrs.validators.instance_of(str), _non_empty])
@@ -87,3 +92,11 @@ class DataConfig:
     limit: int | None = attrs.field(default=None, validator=_positive_or_none)
     eval_limit: int | None = attrs.field(default=None, validator=_positive_or_none)
     shuffle_seed: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    text_column: str | None = attrs.field(default=None, validator=attrs.validators.optional(_non_empty))
+
+    def __attrs_post_init__(self) -> None:
+        if self.text_column is not None and self.adapter != "none":
+            raise ValueError(
+                f"'text_column' needs adapter 'none' (plain-text documents have no dataset schema) "
+                f"(got adapter {self.adapter!r})"
+            )

@@ -54,7 +54,7 @@ def _files(source: str, fmt: str, field: str) -> tuple[str, list[Path]]:
 
 
 def _missing_columns_error(
-    field: str, source: str, missing: Sequence[str], available: Sequence[str]
+    field: str, source: str, missing: Sequence[str], available: Sequence[str], *, text: bool = False
 ) -> DataError:
     lines = [f"data.{field}: {source!r} has no column {', '.join(repr(m) for m in missing)}"]
     lines.append(f"  its columns: {', '.join(available) or 'none'}")
@@ -62,7 +62,10 @@ def _missing_columns_error(
         close = difflib.get_close_matches(name, list(available), n=1, cutoff=0.5)
         if close:
             lines.append(f"  did you mean {close[0]!r} instead of {name!r}?")
-    lines.append("  set data.prompt_column / answer_column / demonstration_column, or pick a data.adapter")
+    if text:
+        lines.append("  set data.text_column to the column holding the documents")
+    else:
+        lines.append("  set data.prompt_column / answer_column / demonstration_column, or pick a data.adapter")
     return DataError("\n".join(lines))
 
 
@@ -125,7 +128,9 @@ def load_examples(config: DataConfig, split: Literal["train", "eval"]) -> list[E
     needed = (*adapter.required, *config.metadata_columns)
     missing = [c for c in needed if c not in table.column_names]
     if missing:
-        raise _missing_columns_error(split, source, missing, table.column_names)
+        raise _missing_columns_error(
+            split, source, missing, table.column_names, text=config.text_column is not None
+        )
     extra = list(config.metadata_columns)
     examples: list[Example] = []
     for index, row in enumerate(table):
@@ -170,7 +175,12 @@ def render_prompt(tokenizer: Any, example: Example, config: DataConfig) -> str:
     :func:`build_messages` go through ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``.
     Otherwise the prompt is plain text: the system prompt and a blank line (when set), then the templated prompt.
     A template that names a missing metadata column raises :class:`DataError`.
+
+    With ``config.text_column`` set (plain-text documents), the prompt is the tokenizer's BOS token, or ``""``
+    when it has none: the document is trained from its first token, with no template and no chat turn.
     """
+    if config.text_column is not None:
+        return getattr(tokenizer, "bos_token", None) or ""
     try:
         messages = build_messages(example, config)
     except KeyError as exc:

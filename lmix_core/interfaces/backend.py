@@ -58,7 +58,9 @@ class TrainerBackend(Component):
 
     Log-probs of the combined distribution are ``log_softmax(combiner.mix_logits(z_θ, z_refs) / T)`` at the
     sampled token, computed without materialising full ``[N, S, V]`` logits for more than one chunk of tokens
-    (``lmix_core.functional.mixed_token_stats``). Position ids are ``cumsum(attention_mask) - 1``.
+    (:func:`lmix_core.ops.mixed_logprobs.mixed_token_stats` does this from final hidden states and lm-head weights;
+    a backend with a sharded vocabulary may compute the same statistics its own way). Position ids are
+    ``cumsum(attention_mask) - 1``.
 
     Contract (``lmix_core.testing.backend.check_backend``): ``score`` of a generated batch reproduces the sampler's
     log-probs; a ``train_step`` with a non-finite loss changes nothing and reports ``skipped``; a checkpoint saved

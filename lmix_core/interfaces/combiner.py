@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
 from lmix_core.interfaces.base import Component
+from lmix_core.types import Distribution
 
 
 @attrs.frozen(kw_only=True)
@@ -27,6 +29,11 @@ class LossMasks:
     offpolicy_gamma: float | None = None
 
 
+def deploy_field() -> Any:
+    """The ``deploy`` Config field of a combiner that lets the recipe choose (read it back in :attr:`deploy`)."""
+    return attrs.field(default="combined", validator=attrs.validators.in_(("combined", "policy")))
+
+
 class PolicyCombiner(Component):
     """Builds the combined next-token distribution from the trainable policy and frozen references.
 
@@ -35,18 +42,27 @@ class PolicyCombiner(Component):
         * :meth:`plan_rollouts`: which rollouts of a group get a forced demonstration prefix, and how long;
         * :meth:`loss_masks`: per-token weights and off-policy marks for the loss.
 
+    and three declarations the loop reads: :attr:`num_references`, :attr:`needs_entropy` and :attr:`deploy`.
+
     Contract (``lmix_core.testing.combiner.check_combiner``): ``mix_logits`` keeps shape and dtype, is finite where
     its inputs are, is row-wise (commutes with permuting rows), invariant to adding a per-row constant to any input,
     and passes no gradient to the references.
     """
 
-    #: Where evaluation samples from by default: the combined distribution or the trained policy alone.
-    deploy_default: str = "combined"
-
     @property
     def num_references(self) -> int:
         """How many frozen reference policies ``mix_logits`` takes (0: the policy alone)."""
         return 0
+
+    @property
+    def deploy(self) -> Distribution:
+        """What evaluation samples from when the recipe says ``eval.deploy = "auto"``.
+
+        ``"combined"`` (default) is the distribution that was trained, ``softmax(mix_logits(z_θ, z_refs)/T)``, which
+        needs every reference at inference; ``"policy"`` is the trained policy alone. Combiners that have a choice
+        (``logit_average``, ``weighted``) read it from their Config.
+        """
+        return "combined"
 
     @abstractmethod
     def mix_logits(self, z_policy: Tensor, z_refs: Sequence[Tensor], *, step: int = 0) -> Tensor:

@@ -11,9 +11,7 @@ from torch import Tensor
 from lmix_core.interfaces.loss import PolicyLoss
 from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
 from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
-from lmix_core.ops.loss_terms import finish, prepare
-from lmix_core.ops.masked import masked_mean
-from lmix_core.ops.offpolicy import apply_shaping
+from lmix_core.ops.loss_terms import clipped_term, finish, prepare
 from lmix_core.types import LossInputs, LossOutput
 
 
@@ -93,26 +91,8 @@ class GSPO(PolicyLoss):
 
     def __call__(self, inputs: LossInputs, /) -> LossOutput:
         cfg = self.config
-        x = prepare(
-            inputs, owner="gspo", needs_ref_logp=self.needs_ref_logp, needs_entropy=self.needs_entropy
-        )
-        a = x.advantages  # [N, S]
+        x = prepare(inputs, owner="gspo", needs=self)
         log_s = sequence_log_ratio(x.logp.detach(), x.old_logp, x.onpolicy)  # [N, 1]
         log_st = (x.logp - x.logp.detach() + log_s).clamp(max=cfg.log_ratio_max)  # [N, S]
         ratio = torch.exp(log_st)  # [N, S]
-        pg1 = -a * ratio  # [N, S]
-        pg2 = -a * ratio.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high)  # [N, S]
-        pg = torch.maximum(pg1, pg2)  # [N, S]
-        metrics: dict[str, Tensor] = {
-            "clip_frac": masked_mean((pg2 > pg1).float(), x.onpolicy),
-            "ratio_mean": masked_mean(ratio.detach(), x.onpolicy),
-        }
-        pg = apply_shaping(pg, logp=x.logp, advantages=a, shaped=x.shaped, gamma=x.gamma)  # [N, S]
-        return finish(
-            pg,
-            x,
-            kl_coef=cfg.kl_coef,
-            kl_estimator=cfg.kl_estimator,
-            entropy_coef=cfg.entropy_coef,
-            metrics=metrics,
-        )
+        return finish(clipped_term(x, ratio, eps_low=cfg.eps_low, eps_high=cfg.eps_high), x, cfg)

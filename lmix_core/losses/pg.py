@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Literal, final
 
 import attrs
-import torch
 from torch import Tensor
 
 from lmix_core.interfaces.loss import PolicyLoss
 from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
 from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
-from lmix_core.ops.loss_terms import finish, prepare
+from lmix_core.ops.loss_terms import PolicyTerm, finish, prepare, token_ratio
 from lmix_core.ops.masked import masked_mean
-from lmix_core.ops.offpolicy import apply_shaping
 from lmix_core.types import LossInputs, LossOutput
 
 
@@ -70,17 +68,8 @@ class PG(PolicyLoss):
 
     def __call__(self, inputs: LossInputs, /) -> LossOutput:
         cfg = self.config
-        x = prepare(inputs, owner="pg", needs_ref_logp=self.needs_ref_logp, needs_entropy=self.needs_entropy)
-        log_ratio = (x.logp - x.old_logp).clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)  # [N, S]
-        ratio = torch.exp(log_ratio)  # [N, S]
+        x = prepare(inputs, owner="pg", needs=self)
+        ratio = token_ratio(x, log_ratio_clamp=cfg.log_ratio_clamp)  # [N, S]
         pg = -x.advantages * (ratio if cfg.form == "ratio" else x.logp)  # [N, S]
-        metrics: dict[str, Tensor] = {"ratio_mean": masked_mean(ratio.detach(), x.onpolicy)}
-        pg = apply_shaping(pg, logp=x.logp, advantages=x.advantages, shaped=x.shaped, gamma=x.gamma)  # [N, S]
-        return finish(
-            pg,
-            x,
-            kl_coef=cfg.kl_coef,
-            kl_estimator=cfg.kl_estimator,
-            entropy_coef=cfg.entropy_coef,
-            metrics=metrics,
-        )
+        metrics = {"ratio_mean": masked_mean(ratio.detach(), x.onpolicy)}
+        return finish(PolicyTerm(loss=pg, metrics=metrics), x, cfg)

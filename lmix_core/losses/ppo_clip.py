@@ -12,9 +12,8 @@ from torch import Tensor
 from lmix_core.interfaces.loss import PolicyLoss
 from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
 from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
-from lmix_core.ops.loss_terms import finish, prepare
+from lmix_core.ops.loss_terms import PolicyTerm, clipped_term, finish, prepare, token_ratio
 from lmix_core.ops.masked import masked_mean
-from lmix_core.ops.offpolicy import apply_shaping
 from lmix_core.types import LossInputs, LossOutput
 
 
@@ -86,30 +85,14 @@ class PPOClip(PolicyLoss):
 
     def __call__(self, inputs: LossInputs, /) -> LossOutput:
         cfg = self.config
-        x = prepare(
-            inputs, owner="ppo_clip", needs_ref_logp=self.needs_ref_logp, needs_entropy=self.needs_entropy
-        )
+        x = prepare(inputs, owner="ppo_clip", needs=self)
+        ratio = token_ratio(x, log_ratio_clamp=cfg.log_ratio_clamp)  # [N, S]
+        term = clipped_term(x, ratio, eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+        if cfg.dual_clip is None:
+            return finish(term, x, cfg)
         a = x.advantages  # [N, S]
-        log_ratio = (x.logp - x.old_logp).clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)  # [N, S]
-        ratio = torch.exp(log_ratio)  # [N, S]
-        pg1 = -a * ratio  # [N, S]
-        pg2 = -a * ratio.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high)  # [N, S]
-        pg = torch.maximum(pg1, pg2)  # [N, S]
-        metrics: dict[str, Tensor] = {
-            "clip_frac": masked_mean((pg2 > pg1).float(), x.onpolicy),
-            "ratio_mean": masked_mean(ratio.detach(), x.onpolicy),
-        }
-        if cfg.dual_clip is not None:
-            pg3 = -a * cfg.dual_clip  # [N, S]
-            dual = (a < 0) & (pg > pg3)  # [N, S]
-            pg = torch.where(a < 0, torch.minimum(pg, pg3), pg)  # [N, S]
-            metrics["clip_frac_lower"] = masked_mean(dual.float(), x.onpolicy)
-        pg = apply_shaping(pg, logp=x.logp, advantages=a, shaped=x.shaped, gamma=x.gamma)  # [N, S]
-        return finish(
-            pg,
-            x,
-            kl_coef=cfg.kl_coef,
-            kl_estimator=cfg.kl_estimator,
-            entropy_coef=cfg.entropy_coef,
-            metrics=metrics,
-        )
+        pg3 = -a * cfg.dual_clip  # [N, S]
+        dual = (a < 0) & (term.loss > pg3)  # [N, S]
+        pg = torch.where(a < 0, torch.minimum(term.loss, pg3), term.loss)  # [N, S]
+        metrics = {**term.metrics, "clip_frac_lower": masked_mean(dual.float(), x.onpolicy)}
+        return finish(PolicyTerm(loss=pg, metrics=metrics), x, cfg)

@@ -7,12 +7,23 @@ estimator gives them advantage 0. Statistics are computed in float64 so that a c
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import attrs
 import torch
 from torch import Tensor
 
 from lmix_core.errors import LmixError
 from lmix_core.types import AdvantageInputs
+
+#: What a group with one valid reward gets: ``raw`` passes the reward through (verl's baseline 0, std 1), ``zero``
+#: gives 0 (a lone sample has no baseline).
+Singleton = Literal["raw", "zero"]
+
+
+def singleton_field(default: Singleton) -> Any:
+    """The ``singleton`` Config field of the group-baseline estimators, with its validator."""
+    return attrs.field(default=default, validator=attrs.validators.in_(("raw", "zero")))
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +73,18 @@ class Grouped:
         denom = (self.count - 1.0) if unbiased else self.count  # [G]
         return torch.where(denom > 0, ss / denom.clamp(min=1e-300), torch.zeros_like(ss))  # [G]
 
+    def centred(self) -> Tensor:
+        """``r_i − mean_g(r)`` per row, ``[N]`` float64 (the group-mean baseline)."""
+        return self.rewards - self.group_mean(self.rewards)[self.index]  # [N]
+
+    def resolve_singletons(self, adv: Tensor, singleton: Singleton, *, raw: Tensor | None = None) -> Tensor:
+        """``adv`` ``[N]`` with the rows of one-valid-reward groups replaced by ``raw`` (default: the reward) under
+        ``singleton = "raw"``, or by 0 under ``"zero"``."""
+        lone = (
+            (self.rewards if raw is None else raw) if singleton == "raw" else torch.zeros_like(self.rewards)
+        )  # [N]
+        return torch.where(self.row_count == 1, lone, adv)  # [N]
+
     def broadcast(self, per_row: Tensor) -> Tensor:
         """Spread a per-row advantage ``[N]`` over the response tokens: ``[N, S]`` float32, 0 off the mask and on
         missing rewards."""
@@ -102,3 +125,18 @@ def grouped(inputs: AdvantageInputs, *, owner: str) -> Grouped:
     return Grouped(
         rewards=r, valid=valid, index=index, num_groups=num_groups, count=count, mask=mask.to(torch.bool)
     )
+
+
+def baseline_advantage(g: Grouped, baseline: Tensor, singleton: Singleton) -> Tensor:
+    """``A_i = r_i − b_{g(i)}`` for a per-group baseline, spread over the response tokens.
+
+    Args:
+        g: the grouped rewards.
+        baseline: ``[num_groups]`` baseline of each group (Dr.GRPO: the mean; OPO: the length-weighted mean).
+        singleton: what rows of one-valid-reward groups get (:meth:`Grouped.resolve_singletons`).
+
+    Returns:
+        ``[N, S]`` float32, 0 off the mask and on missing rewards.
+    """
+    adv = g.rewards - baseline[g.index]  # [N]
+    return g.broadcast(g.resolve_singletons(adv, singleton))  # [N, S]

@@ -1,7 +1,10 @@
-"""What every policy loss shares: input checks, masking, the KL and entropy terms, the weighted sum and metrics.
+"""What every policy loss shares: input checks, masking, the clipped surrogate, LUFFY shaping, the KL and entropy
+terms, the weighted sum and the metrics.
 
-Each loss computes its own per-token policy-gradient term ``ℓ_pg``; :func:`finish` then forms
+A loss's ``__call__`` is ``prepare`` → its own per-token policy-gradient term ``ℓ_pg`` (a :class:`PolicyTerm`,
+often :func:`token_ratio` and :func:`clipped_term`) → :func:`finish`, which forms
 
+    ℓ_pg    ← −Â · p/(p + γ)    on off-policy tokens when γ is set (LUFFY; ``lmix_core.ops.offpolicy``)
     ℓ_total = ℓ_pg + kl_coef · KL_k(π_θ ‖ π_ref) − entropy_coef · H
     loss    = Σ_{i,t} token_weights_{i,t} · ℓ_total_{i,t}
 
@@ -11,6 +14,8 @@ can neither change the loss nor reach the gradient.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import attrs
 import torch
 from torch import Tensor
@@ -18,8 +23,31 @@ from torch import Tensor
 from lmix_core.errors import LmixError
 from lmix_core.ops.kl import KLEstimator, kl_penalty
 from lmix_core.ops.masked import masked_mean
-from lmix_core.ops.offpolicy import shaped_tokens
+from lmix_core.ops.offpolicy import apply_shaping, shaped_tokens
 from lmix_core.types import LossInputs, LossOutput
+
+
+class Regularisers(Protocol):
+    """The Config fields every built-in loss shares (read by :func:`finish`)."""
+
+    @property
+    def kl_coef(self) -> float: ...
+
+    @property
+    def kl_estimator(self) -> KLEstimator: ...
+
+    @property
+    def entropy_coef(self) -> float: ...
+
+
+class Needs(Protocol):
+    """What :func:`prepare` asks of a loss: which optional inputs it reads."""
+
+    @property
+    def needs_ref_logp(self) -> bool: ...
+
+    @property
+    def needs_entropy(self) -> bool: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -56,8 +84,26 @@ def _zero_out(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x, torch.zeros_like(x))  # [N, S]
 
 
-def prepare(inputs: LossInputs, *, owner: str, needs_ref_logp: bool, needs_entropy: bool) -> Prepared:
+@attrs.frozen(kw_only=True)
+class PolicyTerm:
+    """A loss's own per-token policy-gradient term and its detached metrics, before :func:`finish`.
+
+    Attributes:
+        loss: ``[N, S]`` per-token ``ℓ_pg`` of the on-policy objective.
+        metrics: the loss's own metrics (``clip_frac``, ``ratio_mean`` ...), 0-dim tensors.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+def prepare(inputs: LossInputs, *, owner: str, needs: Needs) -> Prepared:
     """Check shapes and required fields, cast to float32, zero everything outside the mask.
+
+    Args:
+        inputs: the micro-batch.
+        owner: the loss's registered name, for error messages.
+        needs: the loss (its ``needs_ref_logp`` and ``needs_entropy``).
 
     Raises:
         LmixError: on shape mismatches, a missing ``ref_logp``/``entropy`` the loss needs, or ``γ <= 0``.
@@ -77,12 +123,12 @@ def prepare(inputs: LossInputs, *, owner: str, needs_ref_logp: bool, needs_entro
     for name, t in named.items():
         if t is not None and tuple(t.shape) != shape:
             raise LmixError(f"{owner}: {name!r} must have the shape of 'logp' {shape} (got {tuple(t.shape)})")
-    if needs_ref_logp and inputs.ref_logp is None:
+    if needs.needs_ref_logp and inputs.ref_logp is None:
         raise LmixError(
             f"{owner}: kl_coef > 0 needs LossInputs.ref_logp, but it is None; "
             "the backend must score a frozen reference when the loss's needs_ref_logp is True"
         )
-    if needs_entropy and inputs.entropy is None:
+    if needs.needs_entropy and inputs.entropy is None:
         raise LmixError(
             f"{owner}: entropy_coef > 0 needs LossInputs.entropy, but it is None; "
             "the backend must return entropies with gradient when the loss's needs_entropy is True"
@@ -106,36 +152,59 @@ def prepare(inputs: LossInputs, *, owner: str, needs_ref_logp: bool, needs_entro
     )
 
 
-def finish(
-    pg_loss: Tensor,
-    x: Prepared,
-    *,
-    kl_coef: float,
-    kl_estimator: KLEstimator,
-    entropy_coef: float,
-    metrics: dict[str, Tensor],
-) -> LossOutput:
-    """Add the regularisers, aggregate with the token weights, attach metrics.
+def token_ratio(x: Prepared, *, log_ratio_clamp: float) -> Tensor:
+    """``ρ = exp(clamp(log π_θ − log π_old, −c, c))`` per token (verl's ±20 clamp). Shape: ``[N, S]``."""
+    log_ratio = (x.logp - x.old_logp).clamp(-log_ratio_clamp, log_ratio_clamp)  # [N, S]
+    return torch.exp(log_ratio)  # [N, S]
+
+
+def clipped_term(x: Prepared, ratio: Tensor, *, eps_low: float, eps_high: float) -> PolicyTerm:
+    """PPO's clipped surrogate ``max(−Â·ρ, −Â·clip(ρ, 1 − ε_low, 1 + ε_high))`` per token.
 
     Args:
-        pg_loss: ``[N, S]`` per-token policy-gradient loss.
-        x: the prepared inputs.
-        kl_coef: weight of the KL penalty (0 = off).
-        kl_estimator: ``k1``, ``k2`` or ``k3``.
-        entropy_coef: weight of the entropy bonus (0 = off).
-        metrics: the loss's own detached metrics; ``kl`` (when on) and ``entropy`` (when given) are added.
+        x: the prepared inputs (its advantages and on-policy tokens).
+        ratio: ``[N, S]`` importance ratio, token-level (PPO) or sequence-level broadcast to tokens (GSPO).
+        eps_low: ε_low.
+        eps_high: ε_high.
 
     Returns:
-        The scalar loss ``Σ w · ℓ_total`` and the metrics.
+        The term, with metrics ``clip_frac`` (tokens where the clip is active) and ``ratio_mean``, both means over
+        the on-policy tokens.
     """
-    total = pg_loss  # [N, S]
-    if kl_coef > 0 and x.ref_logp is not None:
-        kl = kl_penalty(x.logp, x.ref_logp, kl_estimator)  # [N, S]
-        total = total + kl_coef * kl  # [N, S]
+    a = x.advantages  # [N, S]
+    pg1 = -a * ratio  # [N, S]
+    pg2 = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [N, S]
+    metrics = {
+        "clip_frac": masked_mean((pg2 > pg1).float(), x.onpolicy),
+        "ratio_mean": masked_mean(ratio.detach(), x.onpolicy),
+    }
+    return PolicyTerm(loss=torch.maximum(pg1, pg2), metrics=metrics)  # [N, S]
+
+
+def finish(term: PolicyTerm, x: Prepared, config: Regularisers) -> LossOutput:
+    """Shape off-policy tokens, add the regularisers, aggregate with the token weights, attach metrics.
+
+    Args:
+        term: the loss's per-token ``ℓ_pg`` and its own metrics.
+        x: the prepared inputs.
+        config: the loss's Config: ``kl_coef`` (0 = off), ``kl_estimator`` (``k1``, ``k2`` or ``k3``) and
+            ``entropy_coef`` (0 = off).
+
+    Returns:
+        The scalar loss ``Σ w · ℓ_total`` and the metrics: the term's, plus ``kl`` (when on) and ``entropy`` (when
+        given).
+    """
+    metrics = dict(term.metrics)
+    total = apply_shaping(
+        term.loss, logp=x.logp, advantages=x.advantages, shaped=x.shaped, gamma=x.gamma
+    )  # [N, S]
+    if config.kl_coef > 0 and x.ref_logp is not None:
+        kl = kl_penalty(x.logp, x.ref_logp, config.kl_estimator)  # [N, S]
+        total = total + config.kl_coef * kl  # [N, S]
         metrics["kl"] = masked_mean(kl.detach(), x.mask)
     if x.entropy is not None:
-        if entropy_coef > 0:
-            total = total - entropy_coef * x.entropy  # [N, S]
+        if config.entropy_coef > 0:
+            total = total - config.entropy_coef * x.entropy  # [N, S]
         metrics["entropy"] = masked_mean(x.entropy.detach(), x.mask)
     total = torch.where(x.mask, total, torch.zeros_like(total))  # [N, S]
     loss = (x.weights * total).sum()  # []

@@ -361,39 +361,6 @@ def _fold(z: Tensor, targets: Tensor, want_entropy: bool, temperature: float, d:
     return _Fold(m, log_s, logp, d, p, ent, guarded)
 
 
-def _logits_grad(
-    logq: Tensor,
-    p: Tensor,
-    targets: Tensor,
-    ent: Tensor | None,
-    g_logp: Tensor | None,
-    g_ent: Tensor | None,
-    temperature: float,
-    guarded: bool,
-) -> Tensor:
-    """Gradient w.r.t. the untempered combined logits, built in place in ``logq`` or ``p``.
-
-    ``logq = log π`` and ``p = π`` of one chunk (``[c, V]``); ``g_logp``, ``g_ent`` the ``[c]`` upstream gradients.
-    ``∂/∂z = (g·(e_a − π) − g_H·π ⊙ (log π + H)) / T``.
-    """
-    if g_ent is not None and ent is not None:
-        if guarded:
-            logq.nan_to_num_(neginf=0.0, posinf=0.0)  # [c, V] where π = 0 the product below is 0 anyway
-        dz = logq.add_(ent[:, None]).mul_(g_ent[:, None])  # [c, V] g_H·(log π + H)
-        if g_logp is not None:
-            dz.add_(g_logp[:, None])  # [c, V]
-        dz.mul_(p).neg_()  # [c, V]
-    elif g_logp is not None:
-        dz = p.mul_(-g_logp[:, None])  # [c, V]
-    else:
-        return p.zero_()  # [c, V]
-    if g_logp is not None:
-        dz.scatter_add_(-1, targets[:, None], g_logp[:, None].to(dz.dtype))  # [c, V] + g at the target
-    if temperature != 1.0:
-        dz.div_(temperature)  # [c, V]
-    return dz
-
-
 def _mix_chunk(
     h_policy: Tensor,
     w_policy: Tensor,
@@ -428,6 +395,60 @@ def _policy_grad(z_mix: Tensor, z_pol: Tensor, dz: Tensor) -> Tensor | None:
     return dz_pol
 
 
+def _chunk_grad(
+    z_pol: Tensor,
+    z_mix: Tensor,
+    logq: Tensor,
+    p: Tensor,
+    targets: Tensor,
+    ent: Tensor | None,
+    g_logp: Tensor | None,
+    g_ent: Tensor | None,
+    temperature: float,
+    guarded: bool,
+) -> Tensor | None:
+    """One chunk's gradient w.r.t. its policy logits ``[c, V]``; None when ``mix`` cuts the policy off.
+
+    Shared by the generic backward and the fused forward. ``logq = log π`` and ``p = π`` of the chunk (``[c, V]``,
+    overwritten: the gradient w.r.t. the untempered combined logits is built in place in one of them), ``g_logp``
+    and ``g_ent`` the ``[c]`` upstream gradients::
+
+        ∂/∂z = (g·(e_a − π) − g_H·π ⊙ (log π + H)) / T
+
+    then chained through ``mix`` to ``z_pol`` (:func:`_policy_grad`).
+    """
+    if g_ent is not None and ent is not None:
+        if guarded:
+            logq.nan_to_num_(neginf=0.0, posinf=0.0)  # [c, V] where π = 0 the product below is 0 anyway
+        dz = logq.add_(ent[:, None]).mul_(g_ent[:, None])  # [c, V] g_H·(log π + H)
+        if g_logp is not None:
+            dz.add_(g_logp[:, None])  # [c, V]
+        dz.mul_(p).neg_()  # [c, V]
+    elif g_logp is not None:
+        dz = p.mul_(-g_logp[:, None])  # [c, V]
+    else:
+        return _policy_grad(z_mix, z_pol, p.zero_())  # [c, V] no upstream gradient
+    if g_logp is not None:
+        dz.scatter_add_(-1, targets[:, None], g_logp[:, None].to(dz.dtype))  # [c, V] + g at the target
+    if temperature != 1.0:
+        dz.div_(temperature)  # [c, V]
+    return _policy_grad(z_mix, z_pol, dz)  # [c, V]
+
+
+class _Outputs:
+    """The per-token outputs ``logp [N]`` and ``entropy [N]`` (or None), in :func:`stat_dtype`, filled by chunk."""
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device, want_entropy: bool) -> None:
+        self.logp = torch.zeros(n, dtype=dtype, device=device)  # [N]
+        self.entropy = torch.zeros(n, dtype=dtype, device=device) if want_entropy else None  # [N]
+
+    def store(self, rows: slice, f: _Fold) -> None:
+        """Write one chunk's statistics."""
+        self.logp[rows] = f.logp
+        if self.entropy is not None and f.entropy is not None:
+            self.entropy[rows] = f.entropy
+
+
 class _Grads:
     """Gradient accumulators for ``h`` and ``W`` in :func:`stat_dtype`.
 
@@ -441,8 +462,13 @@ class _Grads:
         self.w = torch.empty(w.shape, dtype=dtype, device=w.device) if need_w else None  # [V, H]
         self.w_written = False
 
-    def add(self, dz_pol: Tensor, h_c: Tensor, w: Tensor, rows: slice) -> None:
-        """``grad_h[rows] = dz·W`` and ``grad_W += dzᵀ·h`` for one chunk. Shapes: ``dz_pol [c, V]``, ``h_c [c, H]``."""
+    def add(self, dz_pol: Tensor | None, h_c: Tensor, w: Tensor, rows: slice) -> None:
+        """``grad_h[rows] = dz·W`` and ``grad_W += dzᵀ·h`` for one chunk (nothing for None, a cut ``mix``).
+
+        Shapes: ``dz_pol [c, V]``, ``h_c [c, H]``.
+        """
+        if dz_pol is None:
+            return
         if self.h is not None:
             if w.dtype == self.h.dtype:
                 torch.mm(dz_pol, w, out=self.h[rows])  # [c, H]
@@ -490,10 +516,9 @@ class _StatsFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor | None]:
         ctx.set_materialize_grads(False)
         n, dtype, dev = h_policy.shape[0], stat_dtype(w_policy.dtype), h_policy.device
-        logp = torch.zeros(n, dtype=dtype, device=dev)  # [N]
+        out = _Outputs(n, dtype, dev, want_entropy)
         shift = torch.zeros(n, 1, dtype=dtype, device=dev)  # [N, 1] max of z/T
         log_s = torch.zeros(n, 1, dtype=dtype, device=dev)  # [N, 1] log Σ exp(z/T − max)
-        ent = torch.zeros(n, dtype=dtype, device=dev) if want_entropy else None  # [N]
         guarded: list[bool] = []
         ws = _workspace(h_policy, w_policy, chunk_size)
         for rows in _chunks(n, chunk_size):
@@ -503,11 +528,11 @@ class _StatsFunction(torch.autograd.Function):
             p_buf = ws.get("ref0", c) if h_refs else ws.get("p", c)  # [c, V]
             f = _fold(z_mix, targets[rows], want_entropy, temperature, ws.get("policy", c), p_buf)
             del z_mix
-            logp[rows], shift[rows], log_s[rows] = f.logp, f.m, f.log_s
-            if ent is not None and f.entropy is not None:
-                ent[rows] = f.entropy
+            out.store(rows, f)
+            shift[rows], log_s[rows] = f.m, f.log_s
             guarded.append(f.guarded)
             del f
+        logp, ent = out.logp, out.entropy
         ctx.save_for_backward(h_policy, w_policy, targets, shift, log_s, ent if ent is not None else logp)
         ctx.refs = (h_refs, w_refs)
         ctx.mix, ctx.temperature, ctx.chunk_size, ctx.guarded = mix, temperature, chunk_size, guarded
@@ -542,7 +567,9 @@ class _StatsFunction(torch.autograd.Function):
                 torch.sub(z_mix.detach(), shift[rows], out=logq)  # [c, V] z − max
             logq.sub_(log_s[rows])  # [c, V] log π
             p = torch.exp(logq, out=ws.get("p", c))  # [c, V] π
-            dz = _logits_grad(
+            dz_pol = _chunk_grad(
+                z_pol,
+                z_mix,
                 logq,
                 p,
                 targets[rows],
@@ -552,10 +579,8 @@ class _StatsFunction(torch.autograd.Function):
                 temperature,
                 guard,
             )  # [c, V]
-            dz_pol = _policy_grad(z_mix, z_pol, dz)  # [c, V]
-            del dz, z_mix, z_pol, logq, p
-            if dz_pol is not None:
-                acc.add(dz_pol, h_policy[rows], w_policy, rows)
+            del z_mix, z_pol, logq, p
+            acc.add(dz_pol, h_policy[rows], w_policy, rows)
             del dz_pol
         grad_h, grad_w = acc.hidden(), acc.weight()
         return (
@@ -585,8 +610,7 @@ class _LossFunction(torch.autograd.Function):
         n, dtype, dev = h_policy.shape[0], stat_dtype(w_policy.dtype), h_policy.device
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         track = need_h or need_w
-        logp = torch.zeros(n, dtype=dtype, device=dev)  # [N]
-        ent = torch.zeros(n, dtype=dtype, device=dev) if want_entropy else None  # [N]
+        out = _Outputs(n, dtype, dev, want_entropy)
         loss = torch.zeros((), dtype=dtype, device=dev)  # []
         acc = _Grads(h_policy, w_policy, need_h, need_w)
         ws = _workspace(h_policy, w_policy, chunk_size)
@@ -596,9 +620,7 @@ class _LossFunction(torch.autograd.Function):
             f = _fold(
                 z_mix.detach(), targets[rows], want_entropy, temperature, ws.get("d", c), ws.get("p", c)
             )
-            logp[rows] = f.logp
-            if ent is not None and f.entropy is not None:
-                ent[rows] = f.entropy
+            out.store(rows, f)
             with torch.enable_grad():
                 lp = f.logp.detach().requires_grad_(track)  # [c]
                 en = None if f.entropy is None else f.entropy.detach().requires_grad_(track)  # [c]
@@ -613,16 +635,15 @@ class _LossFunction(torch.autograd.Function):
                 del f, z_mix, z_pol
                 continue
             logq = f.d.sub_(f.log_s)  # [c, V] log π
-            dz = _logits_grad(
-                logq, f.p, targets[rows], f.entropy, g_logp, g_ent, temperature, f.guarded
+            dz_pol = _chunk_grad(
+                z_pol, z_mix, logq, f.p, targets[rows], f.entropy, g_logp, g_ent, temperature, f.guarded
             )  # [c, V]
-            dz_pol = _policy_grad(z_mix, z_pol, dz)  # [c, V]
-            del dz, z_mix, z_pol, logq, f
-            if dz_pol is not None:
-                acc.add(dz_pol, h_policy[rows], w_policy, rows)
+            del z_mix, z_pol, logq, f
+            acc.add(dz_pol, h_policy[rows], w_policy, rows)
             del dz_pol
         ctx.grads = (acc.hidden(), acc.weight())
         ctx.dtypes = (h_policy.dtype, w_policy.dtype)
+        logp, ent = out.logp, out.entropy
         ctx.mark_non_differentiable(logp, *(() if ent is None else (ent,)))
         return loss, logp, ent
 

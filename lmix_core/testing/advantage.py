@@ -1,42 +1,52 @@
 """Contract suite for advantage estimators (cf. scikit-learn's ``check_estimator``).
 
-Plugin authors call :func:`check_advantage_estimator` on an instance from their own tests, or parametrise over
-:data:`ADVANTAGE_CHECKS` to get one test per check. Each check raises ``AssertionError`` naming the estimator and
-what failed. The suite draws rewards from [0, 1] (the range of correctness rewards), includes groups of one
-sample, constant groups, missing (NaN) rewards, empty responses and non-contiguous group ids, and needs no
-Hypothesis.
+Plugin authors call :func:`check_advantage_estimator` on an instance from their own tests, or decorate a test with
+:func:`parametrize_with_checks` to get one test per check of :data:`ADVANTAGE_CHECKS`. Each check raises
+``AssertionError`` naming the estimator and what failed. The suite draws rewards from [0, 1] (the range of
+correctness rewards), includes groups of one sample, constant groups, missing (NaN) rewards, empty responses and
+non-contiguous group ids, and needs no Hypothesis.
 
 Checks:
     * output is ``[N, S]`` float32, exactly 0 outside the mask, finite (NaN rewards included), deterministic, and
       the inputs are not modified;
     * rows permuted (with their group ids and masks) permute the output; relabelling group ids changes nothing;
     * padding columns (mask 0) added on either side change nothing;
-    * declared invariances hold on batches whose groups all have >= 2 valid rewards: an estimator may expose
-      ``invariances`` (a set of ``"shift"``: r → r + b, ``"scale"``: r → a·r with a > 0), checked to 1e-3.
+    * declared invariances hold on batches whose groups all have >= 2 valid rewards: every name in the estimator's
+      ``invariances`` (``"shift"``: r → r + b, ``"scale"``: r → a·r with a > 0; see
+      :data:`~lmix_core.interfaces.advantage.INVARIANCES`) is checked the same way for every estimator, to 1e-3.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.interfaces.advantage import AdvantageEstimator
+from lmix_core.interfaces.advantage import INVARIANCES, AdvantageEstimator, Invariance
+from lmix_core.testing import _suite
 from lmix_core.types import AdvantageInputs
 
-KNOWN_INVARIANCES = frozenset({"shift", "scale"})
+#: The reward transforms applied for each declared invariance.
+INVARIANCE_MAPS: dict[Invariance, tuple[Callable[[Tensor], Tensor], ...]] = {
+    "shift": (lambda r: r + 0.5, lambda r: r - 3.0),
+    "scale": (lambda r: r * 0.5, lambda r: r * 3.0),
+}
 _RTOL = 1e-3
 _ATOL = 1e-3
 
 
-def _name(est: AdvantageEstimator) -> str:
-    return type(est).__name__
+_SUITE = "check_advantage_estimator"
 
 
-def _fail(est: AdvantageEstimator, check: str, message: str) -> None:
-    raise AssertionError(f"check_advantage_estimator({_name(est)}): {check}: {message}")
+def _fail(est: AdvantageEstimator, check: str, detail: str) -> None:
+    _suite.fail(_SUITE, est, check, detail)
+
+
+def _msg(est: AdvantageEstimator, check: str, label: str, detail: str) -> str:
+    return _suite.message(_SUITE, est, check, f"{label}: {detail}")
 
 
 def _batch(
@@ -185,22 +195,16 @@ def check_padding_columns(est: AdvantageEstimator) -> None:
 
 def check_declared_invariances(est: AdvantageEstimator) -> None:
     """Declared invariances (``shift``, ``scale``) hold on batches whose groups all have >= 2 valid rewards."""
-    declared = frozenset(getattr(est, "invariances", frozenset()))
-    unknown = declared - KNOWN_INVARIANCES
+    declared = est.invariances
+    if not isinstance(declared, frozenset | set):
+        _fail(est, "invariances", f"invariances must be a frozenset of names (got {declared!r})")
+    unknown = set(declared) - set(INVARIANCES)
     if unknown:
-        _fail(
-            est,
-            "invariances",
-            f"unknown invariance names {sorted(unknown)}; known: {sorted(KNOWN_INVARIANCES)}",
-        )
-    maps: dict[str, list[Callable[[Tensor], Tensor]]] = {
-        "shift": [lambda r: r + 0.5, lambda r: r - 3.0],
-        "scale": [lambda r: r * 0.5, lambda r: r * 3.0],
-    }
+        _fail(est, "invariances", f"unknown invariance names {sorted(unknown)}; known: {list(INVARIANCES)}")
     for label, inputs in _invariance_cases():
         base = _run(est, inputs)
-        for kind in sorted(declared):
-            for fn in maps[kind]:
+        for kind in (k for k in INVARIANCES if k in declared):
+            for fn in INVARIANCE_MAPS[kind]:
                 moved = _run(est, attrs.evolve(inputs, rewards=fn(inputs.rewards)))
                 torch.testing.assert_close(
                     moved,
@@ -209,10 +213,6 @@ def check_declared_invariances(est: AdvantageEstimator) -> None:
                     atol=_ATOL,
                     msg=lambda m, label=label, kind=kind: _msg(est, kind, label, m),
                 )
-
-
-def _msg(est: AdvantageEstimator, check: str, label: str, detail: str) -> str:
-    return f"check_advantage_estimator({_name(est)}): {check}: {label}: {detail}"
 
 
 ADVANTAGE_CHECKS: tuple[Callable[[AdvantageEstimator], None], ...] = (
@@ -233,7 +233,20 @@ def check_advantage_estimator(estimator: AdvantageEstimator) -> None:
     Raises:
         AssertionError: naming the estimator, the check and the case that failed.
     """
-    if not isinstance(estimator, AdvantageEstimator):
-        raise AssertionError(f"check_advantage_estimator: {estimator!r} is not an AdvantageEstimator")
-    for check in ADVANTAGE_CHECKS:
-        check(estimator)
+    _suite.run_checks(_SUITE, AdvantageEstimator, estimator, ADVANTAGE_CHECKS)
+
+
+def parametrize_with_checks(
+    estimators: Mapping[str, AdvantageEstimator] | Iterable[AdvantageEstimator],
+) -> Any:
+    """A ``pytest.mark.parametrize("estimator, check", ...)`` decorator: one test per (estimator, check).
+
+    ``estimators`` is a list of instances (test ids from the class names) or a mapping ``id -> instance``.
+
+    Example::
+
+        @parametrize_with_checks([MyEstimator.default()])
+        def test_contract(estimator, check):
+            check(estimator)
+    """
+    return _suite.parametrize_with_checks("estimator", estimators, ADVANTAGE_CHECKS)

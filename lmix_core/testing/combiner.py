@@ -7,8 +7,8 @@ seeded generator (no Hypothesis needed): logits of scale 1, 30 and 1e4, shapes `
 dtypes float32, float64 and bfloat16, steps 0, 7 and 10⁶.
 
 Checks:
-    * declarations: ``num_references`` is an int >= 0, ``needs_entropy`` a bool, ``deploy`` (or
-      ``deploy_default``) is ``"combined"`` or ``"policy"``;
+    * declarations: ``num_references`` is an int >= 0, ``needs_entropy`` a bool, ``deploy`` is ``"combined"`` or
+      ``"policy"``;
     * ``mix_logits`` keeps shape and dtype, is finite for finite inputs, and does not modify its inputs;
     * ``log_softmax`` of the output is normalised;
     * row-wise: permuting rows of every input permutes the output, and a subset of rows gives those rows;
@@ -23,13 +23,14 @@ Checks:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lmix_core.interfaces.combiner import LossMasks, PolicyCombiner
+from lmix_core.testing import _suite
 
 _V = 11
 _SHAPES: tuple[tuple[int, ...], ...] = ((5, _V), (2, 3, _V))
@@ -42,16 +43,15 @@ _ATOL = 1e-6
 Check = Callable[[PolicyCombiner], None]
 
 
-def _name(combiner: PolicyCombiner) -> str:
-    return type(combiner).__name__
+_SUITE = "check_combiner"
 
 
 def _msg(combiner: PolicyCombiner, check: str, detail: str) -> str:
-    return f"check_combiner({_name(combiner)}): {check}: {detail}"
+    return _suite.message(_SUITE, combiner, check, detail)
 
 
 def _fail(combiner: PolicyCombiner, check: str, detail: str) -> None:
-    raise AssertionError(_msg(combiner, check, detail))
+    _suite.fail(_SUITE, combiner, check, detail)
 
 
 def _logits(gen: torch.Generator, shape: Sequence[int], *, scale: float = 1.0) -> Tensor:
@@ -94,7 +94,7 @@ def check_declarations(combiner: PolicyCombiner) -> None:
         _fail(combiner, "declarations", f"num_references must be an int >= 0 (got {k!r})")
     if not isinstance(combiner.needs_entropy, bool):
         _fail(combiner, "declarations", f"needs_entropy must be a bool (got {combiner.needs_entropy!r})")
-    deploy = getattr(combiner, "deploy", combiner.deploy_default)
+    deploy = combiner.deploy
     if deploy not in ("combined", "policy"):
         _fail(combiner, "declarations", f"deploy must be 'combined' or 'policy' (got {deploy!r})")
 
@@ -338,14 +338,13 @@ def check_combiner(combiner: PolicyCombiner) -> None:
     Raises:
         AssertionError: naming the combiner, the check and the case that failed.
     """
-    if not isinstance(combiner, PolicyCombiner):
-        raise AssertionError(f"check_combiner: {combiner!r} is not a PolicyCombiner")
-    for check in COMBINER_CHECKS:
-        check(combiner)
+    _suite.run_checks(_SUITE, PolicyCombiner, combiner, COMBINER_CHECKS)
 
 
-def parametrize_with_checks(combiners: Iterable[PolicyCombiner]) -> Any:
+def parametrize_with_checks(combiners: Mapping[str, PolicyCombiner] | Iterable[PolicyCombiner]) -> Any:
     """A ``pytest.mark.parametrize("combiner, check", ...)`` decorator: one test per (combiner, check).
+
+    ``combiners`` is a list of instances (test ids from the class names) or a mapping ``id -> instance``.
 
     Example::
 
@@ -353,11 +352,4 @@ def parametrize_with_checks(combiners: Iterable[PolicyCombiner]) -> Any:
         def test_contract(combiner, check):
             check(combiner)
     """
-    import pytest
-
-    params = [
-        pytest.param(c, check, id=f"{_name(c)}-{check.__name__.removeprefix('check_')}")
-        for c in combiners
-        for check in COMBINER_CHECKS
-    ]
-    return pytest.mark.parametrize("combiner, check", params)
+    return _suite.parametrize_with_checks("combiner", combiners, COMBINER_CHECKS)

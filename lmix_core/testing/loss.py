@@ -1,7 +1,8 @@
 """Contract suite for policy losses (cf. scikit-learn's ``check_estimator``).
 
-Plugin authors call :func:`check_loss` on an instance from their own tests, or parametrise over
-:data:`LOSS_CHECKS`. Each check raises ``AssertionError`` naming the loss and what failed.
+Plugin authors call :func:`check_loss` on an instance from their own tests, or decorate a test with
+:func:`parametrize_with_checks` to get one test per check of :data:`LOSS_CHECKS`. Each check raises
+``AssertionError`` naming the loss and what failed.
 
 Checks:
     * ``token_weights``: ``[N, S]`` float32, finite, >= 0, 0 outside the mask; padding columns change nothing;
@@ -20,7 +21,8 @@ Checks:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 import torch
@@ -28,22 +30,22 @@ from torch import Tensor
 
 from lmix_core.errors import LmixError
 from lmix_core.interfaces.loss import PolicyLoss
+from lmix_core.testing import _suite
 from lmix_core.types import LossInputs
 
 _N, _S, _MAX_LEN = 6, 9, 12
 _GAMMA = 0.1
 
 
-def _name(loss: PolicyLoss) -> str:
-    return type(loss).__name__
+_SUITE = "check_loss"
 
 
 def _msg(loss: PolicyLoss, check: str, detail: str) -> str:
-    return f"check_loss({_name(loss)}): {check}: {detail}"
+    return _suite.message(_SUITE, loss, check, detail)
 
 
 def _fail(loss: PolicyLoss, check: str, detail: str) -> None:
-    raise AssertionError(_msg(loss, check, detail))
+    _suite.fail(_SUITE, loss, check, detail)
 
 
 @attrs.frozen(kw_only=True)
@@ -335,7 +337,18 @@ def check_loss(loss: PolicyLoss) -> None:
     Raises:
         AssertionError: naming the loss and the check that failed.
     """
-    if not isinstance(loss, PolicyLoss):
-        raise AssertionError(f"check_loss: {loss!r} is not a PolicyLoss")
-    for check in LOSS_CHECKS:
-        check(loss)
+    _suite.run_checks(_SUITE, PolicyLoss, loss, LOSS_CHECKS)
+
+
+def parametrize_with_checks(losses: Mapping[str, PolicyLoss] | Iterable[PolicyLoss]) -> Any:
+    """A ``pytest.mark.parametrize("loss, check", ...)`` decorator: one test per (loss, check).
+
+    ``losses`` is a list of instances (test ids from the class names) or a mapping ``id -> instance``.
+
+    Example::
+
+        @parametrize_with_checks([MyLoss.default()])
+        def test_contract(loss, check):
+            check(loss)
+    """
+    return _suite.parametrize_with_checks("loss", losses, LOSS_CHECKS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from functools import partial
@@ -128,6 +129,13 @@ def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = Fal
     return summary
 
 
+def _main_process() -> bool:
+    """True on the process that prints and writes run outputs: global rank 0 under torchrun, else always."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_command(args: Any) -> int:
     """CLI entry: ``args.recipe``, ``args.out``, ``args.resume``, ``args.overrides``."""
     from lmix_core.recipe import load_recipe
@@ -139,6 +147,8 @@ def run_command(args: Any) -> int:
             f"--resume: run directory {str(out)!r} does not exist; pass the --out of the run to resume"
         )
     summary = train(recipe, out, resume=bool(args.resume))
+    if not _main_process():
+        return 0
     if summary["final_eval"]:
         ev = summary["final_eval"]
         print(

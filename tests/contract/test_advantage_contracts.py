@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from lmix_core.config import build
 from lmix_core.interfaces.advantage import AdvantageEstimator
 from lmix_core.registries import advantages
-from lmix_core.testing.advantage import ADVANTAGE_CHECKS, check_advantage_estimator
+from lmix_core.testing.advantage import check_advantage_estimator, parametrize_with_checks
 from lmix_core.types import AdvantageInputs
 
-CHECK_IDS = [c.__name__ for c in ADVANTAGE_CHECKS]
+from .helpers import defaults, variants
 
 #: Non-default configurations of the built-ins that change code paths.
 VARIANTS = [
@@ -34,20 +33,16 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("check", ADVANTAGE_CHECKS, ids=CHECK_IDS)
-@pytest.mark.parametrize("name", advantages.names())
-def test_registered_estimator_passes(name, check):
+@parametrize_with_checks(defaults(advantages))
+def test_registered_estimator_passes(estimator, check):
     """Each registered name, with its default Config, passes each contract check."""
-    check(advantages.get(name).default())
+    check(estimator)
 
 
-@pytest.mark.parametrize(
-    ("name", "table"), VARIANTS, ids=[f"{n}-{'-'.join(map(str, t.values()))}" for n, t in VARIANTS]
-)
-def test_builtin_variants_pass(name, table):
-    """Non-default configurations of the built-ins pass the whole suite."""
-    cls = advantages.get(name)
-    check_advantage_estimator(cls(build(cls.Config, table)))
+@parametrize_with_checks(variants(advantages, VARIANTS))
+def test_builtin_variants_pass(estimator, check):
+    """Non-default configurations of the built-ins pass each contract check."""
+    check(estimator)
 
 
 def _centred(inputs: AdvantageInputs) -> Tensor:

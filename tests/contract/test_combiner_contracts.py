@@ -15,11 +15,13 @@ from lmix_core.combiners.weighted import Weighted
 from lmix_core.interfaces.combiner import LossMasks, PolicyCombiner
 from lmix_core.testing.combiner import COMBINER_CHECKS, check_combiner, parametrize_with_checks
 
+from .helpers import defaults
 
-@pytest.mark.parametrize("name", registries.combiners.names())
-def test_registered_combiner_passes_contract_with_defaults(name):
-    """The registered combiner, built with its default Config, satisfies the combiner contract."""
-    check_combiner(registries.combiners.get(name).default())
+
+@parametrize_with_checks(defaults(registries.combiners))
+def test_registered_combiner_passes_contract_with_defaults(combiner, check):
+    """The registered combiner, built with its default Config, satisfies each check of the combiner contract."""
+    check(combiner)
 
 
 @parametrize_with_checks(

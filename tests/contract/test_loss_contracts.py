@@ -9,14 +9,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from lmix_core.config import build
 from lmix_core.interfaces.loss import PolicyLoss
 from lmix_core.ops.aggregation import aggregation_weights
 from lmix_core.registries import losses
-from lmix_core.testing.loss import LOSS_CHECKS, check_loss
+from lmix_core.testing.loss import check_loss, parametrize_with_checks
 from lmix_core.types import LossInputs, LossOutput
 
-CHECK_IDS = [c.__name__ for c in LOSS_CHECKS]
+from .helpers import defaults, variants
 
 #: Non-default configurations of the built-ins that change code paths.
 VARIANTS = [
@@ -31,20 +30,16 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("check", LOSS_CHECKS, ids=CHECK_IDS)
-@pytest.mark.parametrize("name", losses.names())
-def test_registered_loss_passes(name, check):
+@parametrize_with_checks(defaults(losses))
+def test_registered_loss_passes(loss, check):
     """Each registered name, with its default Config, passes each contract check."""
-    check(losses.get(name).default())
+    check(loss)
 
 
-@pytest.mark.parametrize(
-    ("name", "table"), VARIANTS, ids=[f"{n}-{'-'.join(map(str, t.values()))}" for n, t in VARIANTS]
-)
-def test_builtin_variants_pass(name, table):
-    """Non-default configurations of the built-ins pass the whole suite."""
-    cls = losses.get(name)
-    check_loss(cls(build(cls.Config, table)))
+@parametrize_with_checks(variants(losses, VARIANTS))
+def test_builtin_variants_pass(loss, check):
+    """Non-default configurations of the built-ins pass each contract check."""
+    check(loss)
 
 
 class _Base(PolicyLoss):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -9,6 +11,8 @@ import pytest
 from megatron_launch import run_torchrun
 
 pytestmark = [pytest.mark.megatron, pytest.mark.distributed]
+
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "megatron_tiny_tp2_pp2.toml"
 
 
 def _seconds_after_start(out: Path) -> float:
@@ -42,3 +46,35 @@ def test_hanging_rank_is_ended_by_the_process_group_timeout(
     assert code != 0
     assert "imed out" in log or "timeout" in log.lower()
     assert _seconds_after_start(tmp_path) < 90
+
+
+@pytest.mark.slow
+def test_failing_rank_of_lmix_run_ends_the_job_with_its_traceback(tmp_path: Path) -> None:
+    """`lmix run` under torchrun (the shipped TP2×PP2 recipe) where rank 2 raises in step 1: the job exits non-zero
+    soon after, the output carries rank 2's message and traceback, and torchrun names it as the root cause (the
+    CLI records the exception in torchrun's error file)."""
+    from lmix_core.demo.command import build_inputs
+
+    inputs = build_inputs(tmp_path / "inputs", 0)
+    overrides = [
+        f"backend.model={json.dumps(str(inputs['base']))}",
+        f"data.train={json.dumps(str(inputs['train']))}",
+        f"data.eval={json.dumps(str(inputs['eval']))}",
+        "train.steps=3",
+        "train.prompts_per_step=2",
+        "train.group_size=4",
+        "sampling.max_new_tokens=8",
+        'logging.wandb="disabled"',
+        "logging.progress=false",
+    ]
+    out = tmp_path / "job"
+    args = {"recipe": str(RECIPE), "overrides": overrides}
+    code, _, log, _ = run_torchrun("cli_failure_worker.py", args, out, timeout=600)
+    ended = time.time()
+    assert code != 0
+    assert "RuntimeError: boom from rank 2 in step 1" in log
+    assert "Traceback (most recent call last)" in log
+    root_cause = log[log.index("Root Cause") :]  # torchrun's summary, from rank 2's error file
+    assert re.search(r"rank\s*:\s*2\b", root_cause)
+    assert "RuntimeError: boom from rank 2 in step 1" in root_cause
+    assert ended - float((out / "raised").read_text()) < 60  # far below the recipe's 600 s group timeout
