@@ -97,7 +97,7 @@ def bench_lmix(model_dir: Path, steps: int, root: Path) -> list[float]:
     from lmix_core.train.run import train
 
     data = root / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": PROMPTS[i % 2], "answer": "0"}) + "\n" for i in range(64)))
+    data.write_text("".join(json.dumps({"prompt": PROMPTS[i % 2], "answer": "0", "solution": "0"}) + "\n" for i in range(64)))
     recipe = root / "bench.toml"
     recipe.write_text(
         f"""schema = 1
@@ -122,7 +122,7 @@ group_size = 8
 max_new_tokens = 32
 [data]
 train = {json.dumps(str(data))}
-demonstration_column = ""
+chat_template = "none"  # TRL gets plain-string prompts, so no chat template on either side
 [logging]
 wandb = "disabled"
 progress = false

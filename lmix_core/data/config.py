@@ -62,10 +62,9 @@ class DataConfig:
         eval_limit: keep only the first this many held-out examples (file order).
         shuffle_seed: seed of the one-off shuffle of the training examples at load time (eval keeps file order).
         text_column: plain-text language modelling (pretraining): the column holding each document. Set, every row
-            becomes an Example whose demonstration is the whole text and whose prompt is empty; the rendered
-            prompt is the tokenizer's BOS token (or nothing), so SFT trains on every token of the document. The
-            prompt, answer and demonstration columns and the templates are then ignored. Needs ``adapter =
-            "none"``.
+            becomes an Example whose demonstration is the whole text and whose prompt is empty (rendered as ``""``:
+            no template, chat turn or BOS), so SFT is next-token prediction over the document. The prompt, answer
+            and demonstration columns and the templates are then ignored. Needs ``adapter = "none"``.
     """
 
     train: str = attrs.field(validator=[attrs.validators.instance_of(str), _non_empty])

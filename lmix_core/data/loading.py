@@ -65,7 +65,9 @@ def _missing_columns_error(
     if text:
         lines.append("  set data.text_column to the column holding the documents")
     else:
-        lines.append("  set data.prompt_column / answer_column / demonstration_column, or pick a data.adapter")
+        lines.append(
+            "  set data.prompt_column / answer_column / demonstration_column, or pick a data.adapter"
+        )
     return DataError("\n".join(lines))
 
 
@@ -176,11 +178,12 @@ def render_prompt(tokenizer: Any, example: Example, config: DataConfig) -> str:
     Otherwise the prompt is plain text: the system prompt and a blank line (when set), then the templated prompt.
     A template that names a missing metadata column raises :class:`DataError`.
 
-    With ``config.text_column`` set (plain-text documents), the prompt is the tokenizer's BOS token, or ``""``
-    when it has none: the document is trained from its first token, with no template and no chat turn.
+    With ``config.text_column`` set (plain-text documents), the prompt is empty: no template, no chat turn and no
+    BOS token (lmix never adds one to prompts either, so a model pretrained this way sees its post-training prompts
+    start the way its documents did). Every document token after the first is trained; the first has no context.
     """
     if config.text_column is not None:
-        return getattr(tokenizer, "bos_token", None) or ""
+        return ""
     try:
         messages = build_messages(example, config)
     except KeyError as exc:

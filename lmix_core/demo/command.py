@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from lmix_core.errors import LmixError
 #: Demo defaults: the model and data sizes that fit the 5-minute budget on 2 CPU cores.
 DEMO = {
     "levels": (1, 2),
+    "style": "columns",
     "train_size": 4000,
-    "eval_size": 200,
+    "eval_size": 400,
     "model": {"arch": "qwen2", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2},
 }
 
@@ -44,10 +46,12 @@ def build_inputs(out: Path, seed: int) -> dict[str, Path]:
     data.mkdir(parents=True, exist_ok=True)
     paths = {
         "train": write_jsonl(
-            data / "train.jsonl", generate(DEMO["train_size"], levels=DEMO["levels"], seed=seed)
+            data / "train.jsonl",
+            generate(DEMO["train_size"], levels=DEMO["levels"], seed=seed, style=DEMO["style"]),
         ),
         "eval": write_jsonl(
-            data / "eval.jsonl", generate(DEMO["eval_size"], levels=DEMO["levels"], seed=seed, split="test")
+            data / "eval.jsonl",
+            generate(DEMO["eval_size"], levels=DEMO["levels"], seed=seed, split="test", style=DEMO["style"]),
         ),
     }
     base = save_tiny_model_dir(out / "base", seed=seed, **DEMO["model"])
@@ -71,7 +75,23 @@ def evaluate_policy_alone(rl_dir: Path, overrides: list[str]) -> dict[str, Any]:
     return evaluate_saved(recipe, rl_dir / "model", distribution="policy")
 
 
-def run_demo(out: Path, *, seed: int, rl_steps: int | None = None, wandb: str = "offline") -> dict[str, Any]:
+def run_demo(
+    out: Path,
+    *,
+    seed: int,
+    rl_steps: int | None = None,
+    wandb: str = "offline",
+    sft_overrides: Sequence[str] = (),
+    rl_overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run the demo's stages under ``out`` and return the summary (also written to ``out/summary.json``).
+
+    ``sft_overrides`` and ``rl_overrides`` are extra ``key=value`` recipe overrides of each stage (tests use them to
+    shrink the run); ``rl_steps`` sets the RL stage's ``train.steps`` (``lmix demo --quick``).
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the demo prints its own stages; no per-save "Writing model shards" bars
     t0 = time.perf_counter()
     inputs = build_inputs(out, seed)
     common = [
@@ -85,8 +105,10 @@ def run_demo(out: Path, *, seed: int, rl_steps: int | None = None, wandb: str = 
         f"[1/3] SFT of a {DEMO['model']['num_layers']}-layer Qwen2-style model on worked solutions ...",
         flush=True,
     )
-    sft = stage("sft", out / "sft", [f"backend.model={json.dumps(str(inputs['base']))}", *common])
-    rl_over = [f"backend.model={json.dumps(str(out / 'sft' / 'model'))}", *common]
+    sft = stage(
+        "sft", out / "sft", [f"backend.model={json.dumps(str(inputs['base']))}", *common, *sft_overrides]
+    )
+    rl_over = [f"backend.model={json.dumps(str(out / 'sft' / 'model'))}", *common, *rl_overrides]
     if rl_steps is not None:
         rl_over.append(f"train.steps={rl_steps}")
     print("[2/3] GRPO with logit averaging against the SFT model ...", flush=True)

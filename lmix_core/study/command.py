@@ -19,14 +19,17 @@ from lmix_core.errors import LmixError
 from lmix_core.study import plan, report, stages
 from lmix_core.study.sizes import SIZES_FILE, Sizes, load_sizes
 
-DEFAULT_OUT = {"full": Path("runs/study"), "quick": Path("runs/study-quick"), "smoke": Path("runs/study-smoke")}
+#: ``quick`` has ``full``'s sizes with one seed, so both share a folder: a quick run is the full study's first seed.
+DEFAULT_OUT = {"full": Path("runs/study"), "quick": Path("runs/study"), "smoke": Path("runs/study-smoke")}
 
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,2 (got {text!r})"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer (got {text!r})")
     return values
@@ -38,11 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the SFT/RL mixing study (issue 7) and write its tables, plots and docs/results.md section.",
     )
     preset = p.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="the 'quick' sizes: one seed (about 20 min on 2 cores)")
-    preset.add_argument("--smoke", action="store_true", help="micro sizes: checks the pipeline in about a minute")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/study[-quick|-smoke])")
-    p.add_argument("--seeds", type=_ints, default=None, help="training seeds, e.g. 0,1,2 (default: the preset's)")
-    p.add_argument("--only", type=_ints, default=None, help="comparisons to run, e.g. 1,4 (default: all four)")
+    preset.add_argument(
+        "--quick", action="store_true", help="the 'quick' sizes: one seed (about 20 min on 2 cores)"
+    )
+    preset.add_argument(
+        "--smoke", action="store_true", help="micro sizes: checks the pipeline in about a minute"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default runs/study; --smoke: runs/study-smoke)"
+    )
+    p.add_argument(
+        "--seeds", type=_ints, default=None, help="training seeds, e.g. 0,1,2 (default: the preset's)"
+    )
+    p.add_argument(
+        "--only", type=_ints, default=None, help="comparisons to run, e.g. 1,4 (default: all four)"
+    )
     p.add_argument("--sizes", type=Path, default=SIZES_FILE, help="the sizes file (default: the package's)")
     p.add_argument(
         "--results",
@@ -58,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_out(layout: stages.Layout, sizes: Sizes) -> None:
     """Refuse an output folder made with other sizes (results would mix); record the sizes in a new one."""
     path = layout.out / "sizes.json"
-    mine = {k: v for k, v in sizes.to_dict().items() if k != "seeds"}
+    mine = {k: v for k, v in sizes.to_dict().items() if k not in ("seeds", "preset")}
     if path.exists():
         theirs = stages.read_json(path)
         if theirs != mine:

@@ -99,7 +99,11 @@ class Comparison:
 
 
 def _runs() -> dict[str, Run]:
-    runs = [Run(recipe=m, start=ck) for ck in CHECKPOINTS for m in ("rl", "sft", "sft_then_rl", "parallel_average")]
+    runs = [
+        Run(recipe=m, start=ck)
+        for ck in CHECKPOINTS
+        for m in ("rl", "sft", "sft_then_rl", "parallel_average")
+    ]
     runs += [Run(recipe=m, start="ck3") for m in ("sasr", "constant", "prefix_rft", "luffy", "hpt", "chord")]
     runs.append(Run(recipe="grpo_logit_average", start="sft", deployments=("default", "policy")))
     runs += [Run(recipe=m, start="sft") for m in ("kl_grpo_beta_1e-3", "kl_grpo_beta_4e-2", "rl")]
@@ -121,7 +125,9 @@ COMPARISONS: tuple[Comparison, ...] = (
         rows=(
             Row(label="SFT model (start)", key="sft@ck3"),
             Row(label="GRPO + logit average, mix deployed", key="grpo_logit_average@sft"),
-            Row(label="GRPO + logit average, policy alone", key="grpo_logit_average@sft", deployment="policy"),
+            Row(
+                label="GRPO + logit average, policy alone", key="grpo_logit_average@sft", deployment="policy"
+            ),
             Row(label="KL-GRPO k3, β = 0.001", key="kl_grpo_beta_1e-3@sft"),
             Row(label="KL-GRPO k3, β = 0.04", key="kl_grpo_beta_4e-2@sft"),
             Row(label="GRPO (no KL)", key="rl@sft"),

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmix_core.study.plan import COMPARISONS, RUNS, Comparison, Row
+from lmix_core.study.plan import COMPARISONS, RUNS, Comparison, Row, runs_for
 from lmix_core.study.sizes import Sizes
 from lmix_core.study.stages import Layout, pretrain_seed, read_json, recipes_dir, write_json
 
@@ -78,7 +78,9 @@ def aggregate(layout: Layout, sizes: Sizes, seeds: Sequence[int]) -> list[dict[s
         for row in comp.rows:
             results = row_results(layout, sizes, row, seeds)
             metrics = {
-                name: mean_std([v for r in results if (v := _value(r["evals"], row.deployment, where, k)) is not None])
+                name: mean_std(
+                    [v for r in results if (v := _value(r["evals"], row.deployment, where, k)) is not None]
+                )
                 for name, where, _ in METRICS
             }
             metrics["train time (s)"] = mean_std([r["train_s"] for r in results if row.source == "run"])
@@ -123,7 +125,8 @@ def markdown_table(table: Mapping[str, Any], k: int, results_md: Path) -> str:
         if row["recipe"]:
             target = _rel(recipes_dir() / f"{row['recipe']}.toml", results_md)
             label += f" ([`{row['recipe']}`]({target}))"
-        cells = [_cell(m[name], 3) for name, _, _ in METRICS] + [_cell(m["train time (s)"], 0)]
+        time_cell = _cell(m["train time (s)"], 0) if row["recipe"] else "—"
+        cells = [_cell(m[name], 3) for name, _, _ in METRICS] + [time_cell]
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,7 +154,10 @@ def plot_bars(table: Mapping[str, Any], out: Path, k: int) -> Path | None:
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(
-        [(f"{r['group']}: " if r["group"] else "") + r["label"] for r in rows], rotation=30, ha="right", fontsize=7
+        [(f"{r['group']}: " if r["group"] else "") + r["label"] for r in rows],
+        rotation=30,
+        ha="right",
+        fontsize=7,
     )
     ax.set_ylim(0, 1)
     ax.set_title(f"comparison {table['number']}: mean ± std over seeds", fontsize=9)
@@ -220,11 +226,7 @@ def times(layout: Layout, sizes: Sizes, seeds: Sequence[int]) -> dict[str, Any]:
     log_file = layout.out / "timings.json"
     invocations = read_json(log_file)["invocations"] if log_file.exists() else []
     pseeds = sorted({pretrain_seed(sizes, s) for s in seeds})
-    runs = [
-        read_json(p)
-        for s in seeds
-        for p in sorted((layout.out / f"seed{s}").glob("*/result.json"))
-    ]
+    runs = [read_json(p) for s in seeds for p in sorted((layout.out / f"seed{s}").glob("*/result.json"))]
     return {
         "study_wall_s": sum(i.get("wall_s", 0.0) for i in invocations),
         "invocations": invocations,
@@ -260,7 +262,11 @@ def design_section(sizes: Sizes, results_md: Path) -> str:
             f"[`data.text_column`]({data_md}#plain-text-pretraining)) for {p['steps']} steps × {p['docs_per_step']} "
             f"documents, lr {p['lr']:g} cosine. Checkpoints kept at steps {', '.join(map(str, p['checkpoints']))} "
             f"(`ck1`, `ck2`, `ck3`; `ck3` is the final model). "
-            + ("One pretraining per seed." if p["per_seed"] else f"One pretraining (seed {p['seed']}) shared by all seeds."),
+            + (
+                "One pretraining per seed."
+                if p["per_seed"]
+                else f"One pretraining (seed {p['seed']}) shared by all seeds."
+            ),
             f"- **Corpus**: {d['corpus_documents']} documents of {d['items_per_document']} items "
             "(worked solutions, arithmetic facts, probe items; `lmix_core.demo.task.generate_corpus`), train split only.",
             f"- **Task**: the demo's arithmetic at levels {', '.join(map(str, d['levels']))} ({d['style']} worked "
@@ -271,8 +277,9 @@ def design_section(sizes: Sizes, results_md: Path) -> str:
             "match and by the NLL of the answer.",
             f"- **Metrics** (every final model, every deployment): pass@1 and pass@{e['samples']} from {e['samples']} "
             f"samples at temperature {e['temperature']:g} (unbiased estimator), format compliance (the completion ends "
-            "with one `\\boxed{integer}`), probe exact match and NLL, held-out NLL of the demonstrations, training "
-            "time (the sum of the steps' times, without evaluation).",
+            "with one `\\boxed{integer}`), probe exact match (greedy) and NLL (the answer's tokens given the prompt, "
+            "under the deployed distribution), held-out NLL (the trained policy's, on the held-out demonstrations "
+            "and EOS), training time (the sum of the steps' times, without start-up or evaluation).",
             f"- **Budgets**, equal for every method: from a pretrained checkpoint {_budget_line(s['post'])}; "
             f"comparison 1's RL runs from the SFT model {_budget_line(s['from_sft'])}. Schedules given in steps by the "
             "papers are scaled to the run: SFT→RL switches at half, SASR warms up for a quarter, Prefix-RFT's prefix "
@@ -319,21 +326,25 @@ def render(layout: Layout, sizes: Sizes, seeds: Sequence[int], results_md: Path)
                 out += [f"![{path.stem}]({rel})", ""]
     if not any_result:
         out += ["No run has finished yet: every cell says `not run`.", ""]
-    hw = hardware()
-    tm = times(layout, sizes, seeds)
+    out += ["### Hardware and times", ""]
+    if any_result:
+        hw = hardware()
+        tm = times(layout, sizes, seeds)
+        out += [
+            f"- CPU: {hw['cpu']}, nproc {hw['nproc']} ({hw['usable_cores']} usable), torch {hw['torch']} "
+            f"({hw['torch_threads']} threads), transformers {hw['transformers']}, Python {hw['python']}, "
+            f"{hw['platform']}.",
+            f"- Study wall time (all invocations of this preset): {tm['study_wall_s'] / 60:.1f} min.",
+            "- Pretraining step time: "
+            + ", ".join(f"seed {p}: {v / 60:.1f} min" for p, v in tm["pretrain_train_s"].items())
+            + ".",
+            f"- Post-training: {tm['runs']} runs, {tm['runs_train_s'] / 60:.1f} min of training steps, "
+            f"{tm['runs_wall_s'] / 60:.1f} min with start-up and evaluation.",
+            "",
+        ]
+    else:
+        out += ["Written by the study when it has run (the machine it ran on, its times).", ""]
     out += [
-        "### Hardware and times",
-        "",
-        f"- CPU: {hw['cpu']}, nproc {hw['nproc']} ({hw['usable_cores']} usable), torch {hw['torch']} "
-        f"({hw['torch_threads']} threads), transformers {hw['transformers']}, Python {hw['python']}, "
-        f"{hw['platform']}.",
-        f"- Study wall time (all invocations of this preset): {tm['study_wall_s'] / 60:.1f} min.",
-        "- Pretraining step time: "
-        + ", ".join(f"seed {p}: {v / 60:.1f} min" for p, v in tm["pretrain_train_s"].items())
-        + ".",
-        f"- Post-training: {tm['runs']} runs, {tm['runs_train_s'] / 60:.1f} min of training steps, "
-        f"{tm['runs_wall_s'] / 60:.1f} min with start-up and evaluation.",
-        "",
         "### Commands",
         "",
         "The whole study, then this section alone from the finished runs:",
@@ -343,8 +354,9 @@ def render(layout: Layout, sizes: Sizes, seeds: Sequence[int], results_md: Path)
         f"python -m lmix_core.study{flag} --out {layout.out} --report-only",
         "```",
         "",
-        "Each stage is one `lmix run` (its `command.txt`); the study runs them in this order. The data are drawn by "
-        "`lmix_core.study.stages.write_data` (the `data` table of `lmix_core/study/sizes.toml`).",
+        "Each training stage is one `lmix run` (its `command.txt`); the study runs them in this order. The data are "
+        "drawn by `lmix_core.study.stages.write_data` (the `data` table of `lmix_core/study/sizes.toml`); each final "
+        "model and each kept checkpoint is evaluated by `lmix_core.study.stages.evaluate_model` (`result.json`).",
         "",
         "<details><summary>every lmix run command</summary>",
         "",
@@ -367,8 +379,10 @@ def commands(layout: Layout, sizes: Sizes, seeds: Sequence[int]) -> list[str]:
             if path.exists():
                 lines += [path.read_text().strip(), f"cp -r {root / 'run' / 'model'} {root / f'ck{i}'}"]
     for seed in seeds:
-        for path in sorted((layout.out / f"seed{seed}").glob("*/command.txt")):
-            lines.append(path.read_text().strip())
+        for run in runs_for(COMPARISONS):  # the order the study trains them in (sft@ck3 before runs from it)
+            path = layout.run_dir(seed, run.name) / "command.txt"
+            if path.exists():
+                lines.append(path.read_text().strip())
     return lines or ["# nothing has run yet"]
 
 
@@ -428,8 +442,8 @@ def print_tables(layout: Layout, sizes: Sizes, seeds: Sequence[int]) -> None:
             m = row["metrics"]
             label = (f"{row['group']} " if row["group"] else "") + row["label"]
             print(
-                f"  {label:<44} pass@1 {_cell(m['pass@1'], 3):>15}  pass@{k} {_cell(m['pass@k'], 3):>15}  "
-                f"probe {_cell(m['probe EM'], 3):>15}"
+                f"  {label:<44} pass@1 {_cell(m['pass@1'], 3):<15} pass@{k} {_cell(m['pass@k'], 3):<15} "
+                f"format {_cell(m['format'], 3):<15} probe {_cell(m['probe EM'], 3):<15}"
             )
 
 

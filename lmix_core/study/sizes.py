@@ -73,6 +73,9 @@ class DataSizes:
         probe_size: held-out general-capability probe items (test split; never trained on after pretraining).
         corpus_documents: pretraining documents (train split only).
         items_per_document: problems, fact lines or probe items per corpus document.
+        corpus_solutions: weight of worked-solution documents in the corpus (``generate_corpus``'s ``mix``).
+        corpus_facts: weight of arithmetic-fact documents.
+        corpus_probe: weight of probe documents (the corpus is the probe's only source).
         seed: the data seed (the same data for every training seed).
     """
 
@@ -85,7 +88,18 @@ class DataSizes:
     probe_size: int = attrs.field(default=60, validator=v.ge(1))
     corpus_documents: int = attrs.field(default=4000, validator=v.ge(1))
     items_per_document: int = attrs.field(default=2, validator=v.ge(1))
+    corpus_solutions: float = attrs.field(default=0.5, validator=v.ge(0.0))
+    corpus_facts: float = attrs.field(default=0.2, validator=v.ge(0.0))
+    corpus_probe: float = attrs.field(default=0.3, validator=v.ge(0.0))
     seed: int = attrs.field(default=0, validator=v.ge(0))
+
+    def __attrs_post_init__(self) -> None:
+        if self.corpus_solutions + self.corpus_facts + self.corpus_probe <= 0:
+            raise ValueError("the corpus weights must have a positive sum (got all 0)")
+
+    @property
+    def corpus_mix(self) -> dict[str, float]:
+        return {"solutions": self.corpus_solutions, "facts": self.corpus_facts, "probe": self.corpus_probe}
 
 
 @attrs.frozen(kw_only=True)
@@ -212,11 +226,16 @@ def load_sizes(preset: Preset = "full", path: Path | str = SIZES_FILE) -> Sizes:
         raise ConfigError(
             f"{str(path)!r}: presets must be among {list(PRESETS)} (asked {preset!r}, file has {sorted(tables)})"
         )
-    table = _merge(tables.get("full", {}), tables.get(preset, {})) if preset != "full" else tables.get("full", {})
-    sizes, problems = structure(Sizes, {**table, "preset": preset}, path=preset, owner=f"sizes preset {preset!r}")
+    table = (
+        _merge(tables.get("full", {}), tables.get(preset, {})) if preset != "full" else tables.get("full", {})
+    )
+    sizes, problems = structure(
+        Sizes, {**table, "preset": preset}, path=preset, owner=f"sizes preset {preset!r}"
+    )
     if problems:
         raise ConfigError(
-            f"{str(path)!r} has {len(problems)} problem(s):\n" + "\n".join(p.render().rstrip() for p in problems)
+            f"{str(path)!r} has {len(problems)} problem(s):\n"
+            + "\n".join(p.render().rstrip() for p in problems)
         )
     return sizes
 

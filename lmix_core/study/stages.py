@@ -123,11 +123,17 @@ def write_data(layout: Layout, sizes: Sizes, log: Log) -> dict[str, Path]:
     if marker.exists() and read_json(marker) == wanted and all(p.exists() for p in paths.values()):
         return paths
     t0 = time.perf_counter()
-    log(f"data: {d.train_size} train / {d.eval_size} held-out problems (levels {list(d.levels)}), "
-        f"{d.probe_size} probe items, {d.corpus_documents} corpus documents")
+    log(
+        f"data: {d.train_size} train / {d.eval_size} held-out problems (levels {list(d.levels)}), "
+        f"{d.probe_size} probe items, {d.corpus_documents} corpus documents"
+    )
     marker.unlink(missing_ok=True)
-    write_jsonl(paths["train"], generate(d.train_size, levels=d.levels, seed=d.seed, split="train", style=d.style))
-    write_jsonl(paths["eval"], generate(d.eval_size, levels=d.levels, seed=d.seed, split="test", style=d.style))
+    write_jsonl(
+        paths["train"], generate(d.train_size, levels=d.levels, seed=d.seed, split="train", style=d.style)
+    )
+    write_jsonl(
+        paths["eval"], generate(d.eval_size, levels=d.levels, seed=d.seed, split="test", style=d.style)
+    )
     write_jsonl(paths["probe"], generate_probe(d.probe_size, seed=d.seed, split="test"))
     corpus = generate_corpus(
         d.corpus_documents,
@@ -135,6 +141,7 @@ def write_data(layout: Layout, sizes: Sizes, log: Log) -> dict[str, Path]:
         seed=d.seed + 1000,  # another stream than the post-training problems (both are train-split)
         style=d.style,
         items_per_document=d.items_per_document,
+        mix={k: w for k, w in d.corpus_mix.items() if w > 0},
     )
     write_jsonl(paths["corpus"], corpus)
     write_json(marker, wanted)
@@ -171,7 +178,15 @@ def pretrain(layout: Layout, sizes: Sizes, pseed: int, log: Log) -> dict[str, Pa
     root = layout.pretrain_root(pseed)
     init = root / "init"
     if not (init / "config.json").exists():
-        save_tiny_model_dir(init, seed=pseed, **attrs.asdict(sizes.model))
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            save_tiny_model_dir(init, seed=pseed, **attrs.asdict(sizes.model))
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     out: dict[str, Path] = {}
     for i, step in enumerate(sizes.pretrain.checkpoints, 1):
         ck = f"ck{i}"
@@ -182,8 +197,12 @@ def pretrain(layout: Layout, sizes: Sizes, pseed: int, log: Log) -> dict[str, Pa
         overrides = pretrain_overrides(layout, sizes, pseed, step)
         record_command(root / f"{ck}.command.txt", "pretrain", overrides, root / "run", resume=True)
         log(f"pretrain seed {pseed}: steps -> {step} ({ck})")
-        summary = train(load_recipe(recipes_dir() / "pretrain.toml", tuple(overrides)), root / "run", resume=True,
-                        quiet=True)
+        summary = train(
+            load_recipe(recipes_dir() / "pretrain.toml", tuple(overrides)),
+            root / "run",
+            resume=True,
+            quiet=True,
+        )
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(Path(summary["model"]), tmp)
@@ -223,7 +242,9 @@ def run_overrides(layout: Layout, sizes: Sizes, run: Run, seed: int) -> list[str
     return out
 
 
-def record_command(path: Path, recipe: str, overrides: Sequence[str], out: Path, *, resume: bool = False) -> str:
+def record_command(
+    path: Path, recipe: str, overrides: Sequence[str], out: Path, *, resume: bool = False
+) -> str:
     """Write (and return) the ``lmix run`` command equivalent to a stage, with shell quoting."""
     import shlex
 
@@ -241,7 +262,9 @@ def step_seconds(run_dir: Path) -> float:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return 0.0
-    return float(sum(json.loads(line).get("step_time_s", 0.0) for line in path.read_text().splitlines() if line))
+    return float(
+        sum(json.loads(line).get("step_time_s", 0.0) for line in path.read_text().splitlines() if line)
+    )
 
 
 def execute(layout: Layout, sizes: Sizes, run: Run, seed: int, log: Log) -> dict[str, Any]:
@@ -253,6 +276,7 @@ def execute(layout: Layout, sizes: Sizes, run: Run, seed: int, log: Log) -> dict
     run_dir = layout.run_dir(seed, run.name)
     result_file = run_dir / "result.json"
     if result_file.exists():
+        log(f"  {run.name}: finished earlier, skipped")
         return read_json(result_file)
     overrides = run_overrides(layout, sizes, run, seed)
     command = record_command(run_dir / "command.txt", run.recipe, overrides, run_dir)
@@ -262,7 +286,8 @@ def execute(layout: Layout, sizes: Sizes, run: Run, seed: int, log: Log) -> dict
         summary = read_json(run_dir / "summary.json")
     else:
         resume = checkpoint.latest(run_dir) is not None
-        log(f"seed {seed}: {run.name}" + (" (resuming)" if resume else ""))
+        if resume:
+            log(f"  {run.name}: resuming from its latest checkpoint")
         summary = train(recipe, run_dir, resume=resume, quiet=True)
     train_wall = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -312,10 +337,21 @@ def evaluate_base(layout: Layout, sizes: Sizes, pseed: int, ck: str, log: Log) -
     recipe = load_recipe(recipes_dir() / "rl.toml", tuple(overrides))
     t0 = time.perf_counter()
     evals = evaluate_model(
-        recipe, layout.checkpoint(pseed, ck), deployments=("default",), sizes=sizes,
-        probe=layout.data / "probe.jsonl", seed=pseed, task_done={}
+        recipe,
+        layout.checkpoint(pseed, ck),
+        deployments=("default",),
+        sizes=sizes,
+        probe=layout.data / "probe.jsonl",
+        seed=pseed,
+        task_done={},
     )
-    result = {"run": f"base@{ck}", "seed": pseed, "evals": evals, "train_s": 0.0, "eval_s": time.perf_counter() - t0}
+    result = {
+        "run": f"base@{ck}",
+        "seed": pseed,
+        "evals": evals,
+        "train_s": 0.0,
+        "eval_s": time.perf_counter() - t0,
+    }
     write_json(path, result)
     return result
 
@@ -336,7 +372,11 @@ class ExactMatchScorer:
         self.verifier = ExactMatch(ExactMatch.Config())
 
     def score(
-        self, examples: Sequence[Any], prompts: Sequence[str], completions: Sequence[str], lengths: Sequence[int]
+        self,
+        examples: Sequence[Any],
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        lengths: Sequence[int],
     ) -> Any:
         import torch
 
@@ -359,9 +399,36 @@ class ExactMatchScorer:
         )
 
 
+def answer_nll(backend: Any, examples: Sequence[Any], render: Any, distribution: str) -> float:
+    """Token-mean NLL of each example's answer given its prompt, under ``distribution``; no EOS token is scored.
+
+    :func:`lmix_core.evaluation.evaluate`'s ``nll`` scores the demonstration and an EOS under the policy alone;
+    probe answers are a few characters, so an EOS that fine-tuning made likelier would move that number by itself.
+    """
+    import attrs as _attrs
+
+    from lmix_core.evaluation import EVAL_ROWS
+    from lmix_core.train.batching import demonstration_batch
+
+    tok = backend.tokenizer
+    total, count = 0.0, 0
+    for start in range(0, len(examples), EVAL_ROWS):
+        chunk = examples[start : start + EVAL_ROWS]
+        prompts = [tok(render(tok, ex), add_special_tokens=False)["input_ids"] for ex in chunk]
+        answers = [tok(ex.answer, add_special_tokens=False)["input_ids"] for ex in chunk]
+        batch = demonstration_batch(prompts, answers, tok.pad_token_id or 0)
+        batch = _attrs.evolve(batch, distribution=distribution)
+        stats = backend.score(batch, temperature=1.0)
+        total += float(-(stats.logp * batch.loss_mask).sum())
+        count += int(batch.loss_mask.sum())
+    return total / max(count, 1)
+
+
 def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics kept from :func:`lmix_core.evaluation.evaluate`'s result (pass@k keys kept as they are)."""
-    return {k: v for k, v in result.items() if k.startswith("pass@") or k in ("format_rate", "nll", "n", "deploy")}
+    return {
+        k: v for k, v in result.items() if k.startswith("pass@") or k in ("format_rate", "nll", "n", "deploy")
+    }
 
 
 def evaluate_model(
@@ -383,7 +450,9 @@ def evaluate_model(
     answers given the prompts.
 
     Returns:
-        ``{deployment: {"task": {pass@1, pass@k, format_rate, nll, n, deploy}, "probe": {...}}}``.
+        ``{deployment: {"task": {pass@1, pass@k, format_rate, nll, n, deploy}, "probe": {pass@1, nll, n}}}``: the
+        task's ``nll`` is the policy's (demonstrations and EOS), the probe's is :func:`answer_nll` under the
+        deployment.
     """
     from lmix_core.data.config import DataConfig
     from lmix_core.data.loading import load_examples, render_prompt
@@ -394,7 +463,8 @@ def evaluate_model(
     cfg = recipe.backend.config
     refs = tuple(cfg.references) or (cfg.model,)
     recipe = attrs.evolve(
-        recipe, backend=attrs.evolve(recipe.backend, config=attrs.evolve(cfg, model=str(model_dir), references=refs))
+        recipe,
+        backend=attrs.evolve(recipe.backend, config=attrs.evolve(cfg, model=str(model_dir), references=refs)),
     )
     probe_cfg = DataConfig(
         train=str(probe), eval=str(probe), chat_template="none", prompt_template=PROMPT_TEMPLATE
@@ -431,7 +501,11 @@ def evaluate_model(
                 distribution=dist,
                 seed=seed,
             )
-            out[name] = {"deploy": dist, "task": _summary(task), "probe": _summary(probe_result)}
+            probe_summary = _summary(probe_result)
+            probe_summary["nll"] = answer_nll(
+                parts.backend, probe_examples, partial(render_prompt, config=probe_cfg), dist
+            )
+            out[name] = {"deploy": dist, "task": _summary(task), "probe": probe_summary}
     finally:
         parts.rewards.close()
         parts.backend.close()

@@ -32,31 +32,31 @@ def test_rows_become_documents_and_empty_texts_are_skipped(tmp_path: Path) -> No
     ]
 
 
-def test_the_prompt_is_bos_whatever_the_templates() -> None:
-    """The rendered prompt is the BOS token (chat template and prompt template ignored), or "" without one."""
+def test_the_prompt_is_empty_whatever_the_templates() -> None:
+    """The rendered prompt is empty: no prompt template, system prompt, chat turn or BOS token."""
     example = Example(index=0, prompt="", answer="", demonstration="Compute 1+2.\n1+2=3")
     config = DataConfig(train="x", text_column="text", system_prompt="S", prompt_template="Q: {prompt}")
-    assert render_prompt(TOKENIZER, example, config) == "<|bos|>"
-    no_bos = build_tokenizer()
-    no_bos.bos_token = None
-    assert render_prompt(no_bos, example, config) == ""
+    assert render_prompt(TOKENIZER, example, config) == ""
+    assert render_prompt(TOKENIZER, example, DataConfig(train="x", text_column="text", chat_template="none")) == ""
 
 
-def test_every_document_token_is_trained() -> None:
-    """BOS then the document: the loss mask covers the document's first token through the appended EOS."""
+def test_every_document_token_after_the_first_is_trained() -> None:
+    """The row is the document then EOS; the loop's loss mask covers it, the backend scores all but token 0."""
     ids = TOKENIZER(render_prompt(TOKENIZER, Example(0, "", ""), DataConfig(train="x", text_column="t")))[
         "input_ids"
     ]
-    assert ids == [TOKENIZER.bos_token_id]
+    assert ids == []
     doc = TOKENIZER("7*8=56", add_special_tokens=False)["input_ids"] + [TOKENIZER.eos_token_id]
     batch = demonstration_batch([ids], [doc], TOKENIZER.pad_token_id)
-    assert batch.loss_mask[0].tolist() == [False] + [True] * len(doc)
+    assert batch.input_ids[0].tolist() == doc and batch.loss_mask[0].all()
 
 
 def test_missing_text_column_names_the_columns(tmp_path: Path) -> None:
     """A file without the text column fails like any missing column, listing the file's columns."""
     path = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "answer": "a"}])
-    with pytest.raises(DataError, match=r"(?s)has no column 'text'.*its columns: prompt, answer.*data\.text_column"):
+    with pytest.raises(
+        DataError, match=r"(?s)has no column 'text'.*its columns: prompt, answer.*data\.text_column"
+    ):
         load_examples(DataConfig(train=str(path), text_column="text"), "train")
 
 
@@ -87,6 +87,8 @@ def test_pretraining_run_lowers_the_document_nll(tmp_path: Path) -> None:
         '[logging]\nwandb = "disabled"\nprogress = false\n'
     )
     summary = train(load_recipe(recipe), tmp_path / "run", quiet=True)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert summary["steps"] == 12 and (tmp_path / "run" / "model" / "config.json").exists()
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses

@@ -1,6 +1,6 @@
 """benchmarks/compare_hf.py (the HF-versus-megatron accuracy comparison): its two recipes differ only in
 ``[backend]``, keep the demo recipe's optimiser settings, and validate. The runs themselves are the lead's to make
-(docs/megatron.md); test_recipe.py runs the same megatron command line on a tiny model."""
+(docs/megatron.md); test_megatron_recipe.py runs the same megatron command line on a tiny model."""
 
 from __future__ import annotations
 
