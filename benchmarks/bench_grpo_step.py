@@ -97,7 +97,11 @@ def bench_lmix(model_dir: Path, steps: int, root: Path) -> list[float]:
     from lmix_core.train.run import train
 
     data = root / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": PROMPTS[i % 2], "answer": "0", "solution": "0"}) + "\n" for i in range(64)))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": PROMPTS[i % 2], "answer": "0", "solution": "0"}) + "\n" for i in range(64)
+        )
+    )
     recipe = root / "bench.toml"
     recipe.write_text(
         f"""schema = 1

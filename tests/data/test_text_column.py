@@ -37,7 +37,10 @@ def test_the_prompt_is_empty_whatever_the_templates() -> None:
     example = Example(index=0, prompt="", answer="", demonstration="Compute 1+2.\n1+2=3")
     config = DataConfig(train="x", text_column="text", system_prompt="S", prompt_template="Q: {prompt}")
     assert render_prompt(TOKENIZER, example, config) == ""
-    assert render_prompt(TOKENIZER, example, DataConfig(train="x", text_column="text", chat_template="none")) == ""
+    assert (
+        render_prompt(TOKENIZER, example, DataConfig(train="x", text_column="text", chat_template="none"))
+        == ""
+    )
 
 
 def test_every_document_token_after_the_first_is_trained() -> None:

@@ -21,7 +21,12 @@ def test_demo_runs_every_stage_and_writes_its_summary(
         seed=3,
         wandb="disabled",
         sft_overrides=small,
-        rl_overrides=["train.steps=2", "train.prompts_per_step=2", "train.group_size=2", "sampling.max_new_tokens=8"],
+        rl_overrides=[
+            "train.steps=2",
+            "train.prompts_per_step=2",
+            "train.group_size=2",
+            "sampling.max_new_tokens=8",
+        ],
     )
     out = capsys.readouterr().out
     assert "[3/3]" in out and "RL gain over SFT" in out
