@@ -64,7 +64,8 @@ class DataConfig:
         text_column: plain-text language modelling (pretraining): the column holding each document. Set, every row
             becomes an Example whose demonstration is the whole text and whose prompt is empty (rendered as ``""``:
             no template, chat turn or BOS), so SFT is next-token prediction over the document. The prompt, answer
-            and demonstration columns and the templates are then ignored. Needs ``adapter = "none"``.
+            and demonstration columns and the templates are then ignored. Needs ``adapter = "none"`` and no
+            ``eval`` (evaluation samples from prompts).
     """
 
     train: str = attrs.field(validator=[attrs.validators.instance_of(str), _non_empty])
@@ -98,4 +99,9 @@ class DataConfig:
             raise ValueError(
                 f"'text_column' needs adapter 'none' (plain-text documents have no dataset schema) "
                 f"(got adapter {self.adapter!r})"
+            )
+        if self.text_column is not None and self.eval is not None:
+            raise ValueError(
+                "'eval' must be unset with 'text_column': held-out evaluation samples answers from prompts, and "
+                f"plain-text documents have none (got eval {self.eval!r})"
             )

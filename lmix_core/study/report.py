@@ -243,7 +243,7 @@ def times(layout: Layout, sizes: Sizes, seeds: Sequence[int]) -> dict[str, Any]:
 def _budget_line(b: Mapping[str, Any]) -> str:
     return (
         f"{b['steps']} steps × {b['prompts_per_step']} prompts (× {b['group_size']} rollouts on sampling steps), "
-        f"≤ {b['max_new_tokens']} new tokens, lr {b['lr']:g} (constant)"
+        f"≤ {b['max_new_tokens']} new tokens, lr {b['lr']:g} (constant after a {b['warmup_steps']}-step warm-up)"
     )
 
 
@@ -267,8 +267,10 @@ def design_section(sizes: Sizes, results_md: Path) -> str:
                 if p["per_seed"]
                 else f"One pretraining (seed {p['seed']}) shared by all seeds."
             ),
-            f"- **Corpus**: {d['corpus_documents']} documents of {d['items_per_document']} items "
-            "(worked solutions, arithmetic facts, probe items; `lmix_core.demo.task.generate_corpus`), train split only.",
+            f"- **Corpus**: {d['corpus_documents']} documents of {d['items_per_document']} "
+            f"item{'s' if d['items_per_document'] > 1 else ''} each, worked solutions, arithmetic facts and probe items "
+            f"weighted {d['corpus_solutions']:g} / {d['corpus_facts']:g} / {d['corpus_probe']:g} "
+            "(`lmix_core.demo.task.generate_corpus`), train split only.",
             f"- **Task**: the demo's arithmetic at levels {', '.join(map(str, d['levels']))} ({d['style']} worked "
             f"solutions ending in `\\boxed{{}}`), {d['train_size']} training problems with demonstrations, "
             f"{d['eval_size']} held-out problems. Prompts are plain text (`Compute ….` and a newline), as in the corpus.",
@@ -334,7 +336,8 @@ def render(layout: Layout, sizes: Sizes, seeds: Sequence[int], results_md: Path)
             f"- CPU: {hw['cpu']}, nproc {hw['nproc']} ({hw['usable_cores']} usable), torch {hw['torch']} "
             f"({hw['torch_threads']} threads), transformers {hw['transformers']}, Python {hw['python']}, "
             f"{hw['platform']}.",
-            f"- Study wall time (all invocations of this preset): {tm['study_wall_s'] / 60:.1f} min.",
+            f"- Study wall time (every invocation on `{layout.out}`, interrupted ones included): "
+            f"{tm['study_wall_s'] / 60:.1f} min.",
             "- Pretraining step time: "
             + ", ".join(f"seed {p}: {v / 60:.1f} min" for p, v in tm["pretrain_train_s"].items())
             + ".",

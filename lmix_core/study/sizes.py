@@ -111,7 +111,8 @@ class PretrainSizes:
         docs_per_step: corpus documents per step.
         lr: peak learning rate (cosine decay to 10 % after ``warmup_steps``).
         warmup_steps: linear warm-up steps.
-        checkpoints: steps whose model is kept as ``ck1``, ``ck2``, ... (increasing; the last must be ``steps``).
+        checkpoints: the 3 steps whose models are kept as ``ck1``, ``ck2``, ``ck3`` (increasing; the last must be
+            ``steps``).
         per_seed: pretrain one model per training seed (True) or share the ``seed`` one (False).
         seed: the pretraining seed when ``per_seed`` is False.
     """
@@ -126,9 +127,10 @@ class PretrainSizes:
 
     def __attrs_post_init__(self) -> None:
         ck = self.checkpoints
-        if not ck or list(ck) != sorted(set(ck)) or ck[0] < 1 or ck[-1] != self.steps:
+        if len(ck) != 3 or list(ck) != sorted(set(ck)) or ck[0] < 1 or ck[-1] != self.steps:
             raise ValueError(
-                f"'checkpoints' must be increasing steps >= 1 ending at 'steps' ({self.steps}) (got {list(ck)!r})"
+                f"'checkpoints' must be 3 increasing steps >= 1 ending at 'steps' ({self.steps}), the ck1, ck2 and "
+                f"ck3 of comparison 2 (got {list(ck)!r})"
             )
         if self.warmup_steps >= self.steps:
             raise ValueError(f"'warmup_steps' must be < 'steps' ({self.steps}) (got {self.warmup_steps})")
@@ -143,14 +145,16 @@ class PostSizes:
         prompts_per_step: questions per step (Q): an SFT step trains on their Q demonstrations.
         group_size: rollouts per question (G) on steps that sample.
         max_new_tokens: response length limit of rollouts and of the held-out evaluation.
-        lr: learning rate (constant), the same for SFT and RL.
+        lr: learning rate, the same for SFT and RL (constant after the warm-up).
+        warmup_steps: linear learning-rate warm-up steps (the first Adam steps from a fresh state are the largest).
     """
 
     steps: int = attrs.field(default=20, validator=v.ge(1))
     prompts_per_step: int = attrs.field(default=8, validator=v.ge(1))
     group_size: int = attrs.field(default=8, validator=v.ge(2))
     max_new_tokens: int = attrs.field(default=64, validator=v.ge(1))
-    lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
+    lr: float = attrs.field(default=1e-4, validator=v.gt(0.0))
+    warmup_steps: int = attrs.field(default=0, validator=v.ge(0))
 
 
 @attrs.frozen(kw_only=True)

@@ -220,6 +220,7 @@ def budget_overrides(budget: PostSizes) -> list[str]:
         f"train.group_size={budget.group_size}",
         f"sampling.max_new_tokens={budget.max_new_tokens}",
         f"backend.lr={budget.lr}",
+        f"backend.warmup_steps={budget.warmup_steps}",
     ]
 
 

@@ -24,8 +24,8 @@ def test_rows_become_documents_and_empty_texts_are_skipped(tmp_path: Path) -> No
     """Each non-empty text is one Example (empty prompt and answer, the text as demonstration), file order kept."""
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": t, "other": 1}) + "\n" for t in ["a b", "", "7*8=56"]))
-    config = DataConfig(train=str(path), eval=str(path), text_column="text")
-    examples = load_examples(config, "eval")
+    config = DataConfig(train=str(path), text_column="text")
+    examples = sorted(load_examples(config, "train"), key=lambda e: e.index)
     assert examples == [
         Example(index=0, prompt="", answer="", demonstration="a b"),
         Example(index=2, prompt="", answer="", demonstration="7*8=56"),
@@ -63,14 +63,18 @@ def test_missing_text_column_names_the_columns(tmp_path: Path) -> None:
         load_examples(DataConfig(train=str(path), text_column="text"), "train")
 
 
-def test_text_column_needs_adapter_none_in_a_recipe(tmp_path: Path) -> None:
-    """A recipe combining text_column with a dataset adapter is refused with the rest of its problems."""
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [('adapter = "gsm8k"', "text_column.*adapter 'none'"), ('eval = "e.jsonl"', "'eval' must be unset")],
+)
+def test_text_column_conflicts_are_recipe_problems(tmp_path: Path, extra: str, message: str) -> None:
+    """text_column with a dataset adapter, or with held-out evaluation, is refused when the recipe loads."""
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         'schema = 1\n[backend]\ntype = "hf"\nmodel = "m"\n[mixer]\ntype = "sft"\n[[rewards]]\ntype = "math"\n'
-        '[train]\nsteps = 1\n[data]\ntrain = "c.jsonl"\ntext_column = "text"\nadapter = "gsm8k"\n'
+        f'[train]\nsteps = 1\n[data]\ntrain = "c.jsonl"\ntext_column = "text"\n{extra}\n'
     )
-    with pytest.raises(RecipeError, match="text_column.*adapter 'none'"):
+    with pytest.raises(RecipeError, match=message):
         load_recipe(recipe)
 
 

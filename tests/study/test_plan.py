@@ -49,7 +49,10 @@ def test_recipe_budgets_equal_the_full_preset():
         assert recipe.train.prompts_per_step == budget.prompts_per_step
         assert recipe.train.group_size == budget.group_size
         assert recipe.sampling.max_new_tokens == budget.max_new_tokens
-        assert recipe.backend.config.lr == budget.lr
+        assert (recipe.backend.config.lr, recipe.backend.config.warmup_steps) == (
+            budget.lr,
+            budget.warmup_steps,
+        )
         assert recipe.eval.samples == sizes.eval.samples and recipe.eval.temperature == sizes.eval.temperature
         scaled = load_recipe(RECIPES / f"{run.recipe}.toml", plan.schedule_overrides(run.recipe, budget))
         assert scaled.resolved() == recipe.resolved(), run.recipe
@@ -57,6 +60,7 @@ def test_recipe_budgets_equal_the_full_preset():
     p = sizes.pretrain
     assert (pre.train.steps, pre.train.prompts_per_step) == (p.steps, p.docs_per_step)
     assert (pre.backend.config.total_steps, pre.backend.config.lr) == (p.steps, p.lr)
+    assert pre.backend.config.warmup_steps == p.warmup_steps
     assert pre.data.text_column == "text" and pre.mixer.name == "sft"
 
 
@@ -125,3 +129,17 @@ def test_sizes_presets_and_errors(tmp_path):
     text = str(err.value)
     assert "full.post.stpes" in text and "did you mean 'steps'" in text
     assert "full.data.levels" in text and "checkpoints" in text
+
+
+def test_pretraining_is_shared_unless_per_seed(tmp_path):
+    """Runs of every seed start from one pretraining by default; with per_seed each seed pretrains its own."""
+    sizes = load_sizes("full")
+    layout = stages.Layout(tmp_path)
+    run = plan.RUNS["rl@ck1"]
+    assert {stages.pretrain_seed(sizes, s) for s in sizes.seeds} == {sizes.pretrain.seed}
+    assert (
+        layout.start_model(run, 2, stages.pretrain_seed(sizes, 2)) == tmp_path / "pretrain" / "seed0" / "ck1"
+    )
+    own = attrs.evolve(sizes, pretrain=attrs.evolve(sizes.pretrain, per_seed=True))
+    assert layout.start_model(run, 2, stages.pretrain_seed(own, 2)) == tmp_path / "pretrain" / "seed2" / "ck1"
+    assert layout.start_model(plan.RUNS["rl@sft"], 2, 0) == tmp_path / "seed2" / "sft@ck3" / "model"

@@ -15,7 +15,7 @@ import attrs
 import pytest
 
 from lmix_core.errors import LmixError
-from lmix_core.study import plan
+from lmix_core.study import plan, report
 from lmix_core.study.command import main, run_study
 from lmix_core.study.sizes import load_sizes
 from lmix_core.study.stages import Layout
@@ -36,6 +36,11 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _tables(out: Path) -> list[dict]:
     return json.loads((out / "report" / "tables.json").read_text())
+
+
+def _seed0_tables(study: dict) -> list[dict]:
+    """The tables of seed 0 alone, whatever other tests added to the folder since."""
+    return report.aggregate(Layout(study["out"]), study["sizes"], (0,))
 
 
 def test_every_run_trained_and_was_evaluated(study):
@@ -64,7 +69,8 @@ def test_every_run_trained_and_was_evaluated(study):
 
 def test_tables_have_the_comparisons_rows_and_fractions(study):
     """tables.json: one table per comparison with the plan's rows; fractions in [0, 1], NLLs positive, n = 1."""
-    tables = _tables(study["out"])
+    assert [t["number"] for t in _tables(study["out"])] == [1, 2, 3, 4]  # written by the report
+    tables = _seed0_tables(study)
     assert [t["number"] for t in tables] == [1, 2, 3, 4]
     for table, comp in zip(tables, plan.COMPARISONS, strict=True):
         assert [r["label"] for r in table["rows"]] == [row.label for row in comp.rows]
@@ -106,22 +112,24 @@ def test_rerun_skips_finished_runs_and_adds_a_seed(study, monkeypatch):
     monkeypatch.setattr(run_module, "train", counting_train)
     seed0 = study["out"] / "seed0" / "sasr@ck3" / "result.json"
     before = seed0.stat().st_mtime_ns
-    edited = study["results"].read_text().replace("To be written after the run.", "Written by hand.")
-    study["results"].write_text(edited)
+    results = study["root"] / "docs" / "results-two-seeds.md"
+    results.write_text(
+        study["results"].read_text().replace("To be written after the run.", "Written by hand.")
+    )
     sizes = attrs.evolve(study["sizes"], seeds=(0, 1))
-    run_study(sizes, study["out"], only=[3], results_md=study["results"], log=lambda m: None)
+    run_study(sizes, study["out"], only=[3], results_md=results, log=lambda m: None)
     assert sorted(calls) == sorted(r.name for r in plan.runs_for(plan.select([3])))
     assert seed0.stat().st_mtime_ns == before
     rows = {r["key"]: r for r in _tables(study["out"])[2]["rows"]}
     assert rows["sasr@ck3"]["metrics"]["pass@1"]["n"] == 2 and rows["sasr@ck3"]["seeds"] == [0, 1]
     assert rows["base@ck3"]["metrics"]["pass@1"]["n"] == 1  # one shared pretraining
-    text = study["results"].read_text()
+    text = results.read_text()
     assert text.count("<!-- lmix-study:smoke:begin -->") == 1 and "Written by hand." in text
-    assert "## Study, smoke sizes" in text and DEMO in text
+    assert "## Study, smoke sizes" in text and DEMO in text and " ± " in text
 
     calls.clear()
     (study["out"] / "seed1" / "sasr@ck3" / "result.json").unlink()  # trained, not evaluated: evaluate only
-    run_study(sizes, study["out"], only=[3], results_md=study["results"], log=lambda m: None)
+    run_study(sizes, study["out"], only=[3], write_report=False, log=lambda m: None)
     assert calls == [] and (study["out"] / "seed1" / "sasr@ck3" / "result.json").exists()
 
 
