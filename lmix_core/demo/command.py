@@ -79,7 +79,6 @@ def run_demo(
     out: Path,
     *,
     seed: int,
-    rl_steps: int | None = None,
     wandb: str = "offline",
     sft_overrides: Sequence[str] = (),
     rl_overrides: Sequence[str] = (),
@@ -87,7 +86,7 @@ def run_demo(
     """Run the demo's stages under ``out`` and return the summary (also written to ``out/summary.json``).
 
     ``sft_overrides`` and ``rl_overrides`` are extra ``key=value`` recipe overrides of each stage (tests use them to
-    shrink the run); ``rl_steps`` sets the RL stage's ``train.steps`` (``lmix demo --quick``).
+    shrink the run, and ``lmix demo --quick`` to shorten the RL stage).
     """
     from transformers.utils import logging as hf_logging
 
@@ -109,8 +108,6 @@ def run_demo(
         "sft", out / "sft", [f"backend.model={json.dumps(str(inputs['base']))}", *common, *sft_overrides]
     )
     rl_over = [f"backend.model={json.dumps(str(out / 'sft' / 'model'))}", *common, *rl_overrides]
-    if rl_steps is not None:
-        rl_over.append(f"train.steps={rl_steps}")
     print("[2/3] GRPO with logit averaging against the SFT model ...", flush=True)
     rl = stage("grpo_logit_average", out / "rl", rl_over)
     print("[3/3] evaluating the trained policy alone ...", flush=True)
@@ -151,8 +148,8 @@ def print_table(summary: dict[str, Any]) -> None:
 def demo_command(args: Any) -> int:
     seed = int(getattr(args, "seed", 0) or 0)
     out = Path(getattr(args, "out", None) or "runs/demo")
-    rl_steps = 10 if getattr(args, "quick", False) else None
-    run_demo(out, seed=seed, rl_steps=rl_steps)
+    quick = ["train.steps=10"] if getattr(args, "quick", False) else []
+    run_demo(out, seed=seed, rl_overrides=quick)
     return 0
 
 
