@@ -1,6 +1,8 @@
 """``lmix demo``: the embedded demo, offline on 2 CPU cores.
 
-1. generate the synthetic arithmetic task (worked solutions ending in ``\\boxed{N}``, held-out problems);
+1. generate the synthetic arithmetic task (solutions ending in ``\\boxed{N}``, held-out problems); half of the
+   training demonstrations show the column working, half give only the bare answer (a mixed-quality
+   demonstration set, see docs/demo.md);
 2. build a tiny Qwen2-architecture model and a local tokenizer, saved as a normal HF directory;
 3. SFT it on the demonstrations (``recipes/demo/sft.toml``);
 4. run GRPO with ``logit_average`` against the SFT model (``recipes/demo/grpo_logit_average.toml``);
@@ -17,10 +19,12 @@ from typing import Any
 
 from lmix_core.errors import LmixError
 
-#: Demo defaults: the model and data sizes that fit the 5-minute budget on 2 CPU cores.
+#: Demo defaults: the model and data sizes that fit the 5-minute budget on 2 CPU cores. SFT imitates both kinds of
+#: demonstration; RL with the answer check learns that working the columns out pays (docs/demo.md).
 DEMO = {
     "levels": (1, 2),
     "style": "columns",
+    "unworked_fraction": 0.5,
     "train_size": 4000,
     "eval_size": 400,
     "model": {"arch": "qwen2", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2},
@@ -47,7 +51,13 @@ def build_inputs(out: Path, seed: int) -> dict[str, Path]:
     paths = {
         "train": write_jsonl(
             data / "train.jsonl",
-            generate(DEMO["train_size"], levels=DEMO["levels"], seed=seed, style=DEMO["style"]),
+            generate(
+                DEMO["train_size"],
+                levels=DEMO["levels"],
+                seed=seed,
+                style=DEMO["style"],
+                unworked_fraction=DEMO["unworked_fraction"],
+            ),
         ),
         "eval": write_jsonl(
             data / "eval.jsonl",
@@ -101,7 +111,8 @@ def run_demo(
         "logging.progress=false",
     ]
     print(
-        f"[1/3] SFT of a {DEMO['model']['num_layers']}-layer Qwen2-style model on worked solutions ...",
+        f"[1/3] SFT of a {DEMO['model']['num_layers']}-layer Qwen2-style model on demonstrations "
+        f"({100 * DEMO['unworked_fraction']:.0f}% give only the answer) ...",
         flush=True,
     )
     sft = stage(

@@ -273,6 +273,11 @@ def _draw_problem(rng: random.Random, level: Level, style: Style) -> tuple[str, 
     return expression, evaluated[0], evaluated[1]
 
 
+def _unit_draw(key: str) -> float:
+    """A uniform draw in [0, 1) that depends on ``key`` alone."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12
+
+
 def _check_levels(levels: Iterable[int]) -> tuple[int, ...]:
     levels = tuple(levels)
     unknown = [lv for lv in levels if lv not in LEVELS]
@@ -323,6 +328,7 @@ def generate(
     seed: int = 0,
     split: Split = "train",
     style: Style = "short",
+    unworked_fraction: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Draw ``n`` distinct arithmetic problems with worked solutions.
 
@@ -332,6 +338,9 @@ def generate(
         seed: the random seed; same arguments give the same rows in the same order.
         split: ``train`` or ``test``; the two never share a problem (see the module docstring).
         style: ``short`` (one line per operation), ``columns`` (digit by digit) or ``place_value``.
+        unworked_fraction: share of rows whose ``solution`` is the bare ``\\boxed{N}``, with no working: a
+            demonstration set of mixed quality, as when some sources give only final answers. Which rows are
+            unworked is a pure function of ``seed`` and the prompt.
 
     Returns:
         Rows ``{"prompt": "Compute 23+45*3.", "answer": "158", "solution": "45*3=135\\n23+135=158\\n\\boxed{158}",
@@ -342,12 +351,16 @@ def generate(
     """
     levels = _check_levels(levels)
     _check_style(style)
+    if not 0.0 <= unworked_fraction <= 1.0:
+        raise ConfigError(f"'unworked_fraction' must be in [0, 1] (got {unworked_fraction!r})")
 
     def draw(rng: random.Random, level_id: int) -> dict[str, Any] | None:
         problem = _draw_problem(rng, LEVELS[level_id], style)
         if problem is None:
             return None
         expression, value, lines = problem
+        if _unit_draw(f"{seed}|unworked|{expression}") < unworked_fraction:
+            lines = []
         solution = "\n".join([*lines, f"\\boxed{{{value}}}"])
         return {
             "prompt": f"Compute {expression}.",

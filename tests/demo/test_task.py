@@ -103,6 +103,24 @@ def test_deterministic_under_seed() -> None:
     assert generate_corpus(10, seed=2) == generate_corpus(10, seed=2)
 
 
+def test_unworked_fraction_drops_the_working_only() -> None:
+    """``unworked_fraction`` keeps problems and answers, replaces about that share of solutions by the bare
+    ``\\boxed{N}``, and picks the same rows whatever else is drawn with them."""
+    worked = generate(1000, levels=(1, 2), seed=3, style="columns")
+    mixed = generate(1000, levels=(1, 2), seed=3, style="columns", unworked_fraction=0.5)
+    assert [(r["prompt"], r["answer"]) for r in mixed] == [(r["prompt"], r["answer"]) for r in worked]
+    bare = [m for m in mixed if m["solution"] == f"\\boxed{{{m['answer']}}}"]
+    assert 430 <= len(bare) <= 570
+    assert all(m == w for m, w in zip(mixed, worked) if m not in bare)
+    by_prompt = {r["prompt"]: r["solution"] for r in mixed}
+    fewer = generate(200, levels=(1, 2), seed=3, style="columns", unworked_fraction=0.5)
+    shared = [r for r in fewer if r["prompt"] in by_prompt]
+    assert len(shared) >= 100 and all(r["solution"] == by_prompt[r["prompt"]] for r in shared)
+    assert all(
+        r["solution"] == f"\\boxed{{{r['answer']}}}" for r in generate(30, seed=3, unworked_fraction=1.0)
+    )
+
+
 def test_held_out_disjoint_from_train() -> None:
     """Train and test problems never coincide, whatever the seeds; the split is a pure function of the prompt."""
     train = generate(600, levels=(1, 2, 3), seed=0, split="train")
@@ -201,6 +219,8 @@ def test_errors_are_clear() -> None:
         )  # only 26 one-letter words
     with pytest.raises(ConfigError, match="mix"):
         generate_corpus(3, mix={"poetry": 1.0})
+    with pytest.raises(ConfigError, match="unworked_fraction"):
+        generate(3, unworked_fraction=1.5)
 
 
 def test_written_rows_load_as_examples(tmp_path: Path) -> None:
