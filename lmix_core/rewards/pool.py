@@ -4,8 +4,11 @@ A verifier can hang (sympy on ``9^{9^{9^{9}}}``), crash its process (a segfault 
 raise. None of these may reach the training loop. :class:`RewardPool` runs :meth:`RewardVerifier.score_one` in
 worker processes and turns every failure into a verdict for that sample only:
 
-* a sample that takes longer than ``timeout_s`` (2 s by default): the worker is killed (SIGKILL) and replaced, the
-  sample scores ``Verdict(0, "timeout")``;
+* a sample that uses more than ``timeout_s`` of CPU time (2 s by default), or that runs for ``WALL_LIMIT_FACTOR``
+  times as long in wall time (one that sleeps or blocks): the worker is killed (SIGKILL) and replaced, the sample
+  scores ``Verdict(0, "timeout")``. The limit is CPU time so that a busy machine, whose workers wait for a core,
+  does not turn slow-to-schedule but correct samples into timeouts; where a worker's CPU time cannot be read (no
+  ``/proc``), the limit is ``timeout_s`` of wall time;
 * a worker that dies (signal, ``os._exit``): the sample it was judging scores ``Verdict(0, "crashed: ...")``, the
   worker is replaced and its other samples are retried;
 * ``score_one`` raising (``MemoryError`` and ``RecursionError`` included), returning something other than a
@@ -64,6 +67,8 @@ StartMethod = Literal["forkserver", "spawn", "fork"]
 DEFAULT_PRELOAD = ("lmix_core.rewards.pool", "lmix_core.rewards.math", "math_verify")
 #: How long a worker may take to start and load its verifiers before it judges the first sample of a chunk.
 STARTUP_LIMIT_S = 60.0
+#: A sample is stopped after this many times ``timeout_s`` of wall time even if it used less CPU time (it sleeps).
+WALL_LIMIT_FACTOR = 5.0
 #: Longest reason kept from a verifier (longer ones are cut, so logs stay readable).
 MAX_REASON_CHARS = 300
 #: A sample each verifier judges once when it reaches a worker, outside the time limit.
@@ -193,6 +198,8 @@ class _Worker:
         outstanding: task ids sent and not yet answered, in the order it judges them.
         sent_at: when the current chunk was sent.
         since: when its current sample started (None until the chunk's tick arrives).
+        cpu_since: the worker's CPU seconds when its current sample started (None where they cannot be read).
+        grace: seconds added to the current sample's deadline because its worker waited for a core.
     """
 
     proc: Any
@@ -201,11 +208,42 @@ class _Worker:
     outstanding: deque[int] = attrs.field(factory=deque)
     sent_at: float = 0.0
     since: float | None = None
+    cpu_since: float | None = None
+    grace: float = 0.0
 
     def deadline(self, timeout_s: float) -> float:
         if self.since is None:
             return self.sent_at + STARTUP_LIMIT_S
-        return self.since + timeout_s
+        return self.since + timeout_s + self.grace
+
+    def start_sample(self) -> None:
+        self.since, self.cpu_since, self.grace = time.monotonic(), _cpu_seconds(self.proc.pid), 0.0
+
+    def extend_if_starved(self, timeout_s: float) -> bool:
+        """At the wall deadline: when the sample has used less than ``timeout_s`` of CPU time and is within the
+        wall-time cap, move the deadline on by the CPU time it has left (at least 10 ms); True if it moved."""
+        now, cpu = time.monotonic(), _cpu_seconds(self.proc.pid)
+        if self.since is None or cpu is None or self.cpu_since is None:
+            return False
+        left_cpu = timeout_s - (cpu - self.cpu_since)
+        left_wall = self.since + WALL_LIMIT_FACTOR * timeout_s - now
+        if left_cpu <= 0 or left_wall <= 0:
+            return False
+        self.grace += max(0.01, min(left_cpu, left_wall))
+        return True
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of process ``pid`` from ``/proc/PID/stat``; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14 and 15)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _stop(workers: list[_Worker]) -> None:
@@ -248,7 +286,7 @@ class RewardPool:
     Args:
         workers: number of worker processes (default: the CPUs this process may use); 0 judges in the calling
             process with no time limit (exceptions still become verdicts).
-        timeout_s: per-sample time limit, the default for :meth:`score`.
+        timeout_s: per-sample CPU-time limit (see the module docstring), the default for :meth:`score`.
         start_method: how workers start; ``forkserver`` (default) never forks the caller, ``spawn`` starts each from
             scratch (slow to replace), ``fork`` copies the caller (fast, unsafe once CUDA or threads are running).
         preload: modules the fork server imports once (``forkserver`` only).
@@ -409,7 +447,7 @@ class RewardPool:
                     continue
                 if not alive:
                     self._fail(w, _exit_reason(w.proc), pending, results)
-                elif time.monotonic() > w.deadline(limit):
+                elif time.monotonic() > w.deadline(limit) and not w.extend_if_starved(limit):
                     reason = "timeout" if w.since is not None else "crashed: worker did not start in time"
                     self._fail(w, reason, pending, results)
         n = len(samples)
@@ -449,13 +487,13 @@ class RewardPool:
             while w.conn.poll():
                 message = w.conn.recv()
                 if message[0] == "tick":
-                    w.since = time.monotonic()
+                    w.start_sample()
                     continue
                 _, task, value, reason = message
                 if w.outstanding and w.outstanding[0] == task:
                     w.outstanding.popleft()
                     results[task] = Verdict(score=value, reason=reason)
-                    w.since = time.monotonic()
+                    w.start_sample()
         except (EOFError, OSError):
             return False
         return w.proc.is_alive()

@@ -37,7 +37,33 @@ def test_hanging_sample_times_out_and_costs_only_itself(pool):
     start = time.monotonic()
     out = pool.score([Scripted.default()], samples("fine", "hang", "fine", "spin", "fine"), timeout_s=0.5)[0]
     assert out == [OK, Verdict(score=0.0, reason="timeout"), OK, Verdict(score=0.0, reason="timeout"), OK]
-    assert time.monotonic() - start < 10.0  # two 0.5 s limits plus worker replacement, not an hour
+    # the sleeping sample's wall-time cap (WALL_LIMIT_FACTOR x 0.5 s), the spinning one's 0.5 s of CPU, replacements
+    assert time.monotonic() - start < 0.5 * pool_module.WALL_LIMIT_FACTOR + 7.0
+
+
+def test_limit_is_cpu_time_so_a_waiting_sample_is_judged(pool):
+    """A sample that spends 1 s of wall time but almost no CPU (as on a machine whose workers wait for a core) is
+    judged under a 0.5 s limit; one that never returns is still stopped, at WALL_LIMIT_FACTOR times the limit."""
+    start = time.monotonic()
+    out = pool.score([Scripted.default()], samples("sleep:1.0", "fine"), timeout_s=0.5)[0]
+    assert [v.score for v in out] == [1.0, 1.0]
+    assert time.monotonic() - start < 0.5 * pool_module.WALL_LIMIT_FACTOR
+    start = time.monotonic()
+    out = pool.score([Scripted.default()], samples("hang"), timeout_s=0.2)[0]
+    waited = time.monotonic() - start
+    assert out == [Verdict(score=0.0, reason="timeout")]
+    assert 0.2 * pool_module.WALL_LIMIT_FACTOR <= waited < 0.2 * pool_module.WALL_LIMIT_FACTOR + 5.0
+
+
+def test_cpu_seconds_reads_this_process():
+    """_cpu_seconds grows while a process computes, and is None for a process that does not exist."""
+    before = pool_module._cpu_seconds(os.getpid())
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    after = pool_module._cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after - before >= 0.1
+    assert pool_module._cpu_seconds(2**22 + 12345) is None
 
 
 def test_worker_exit_costs_only_that_sample(pool):
