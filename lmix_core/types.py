@@ -295,9 +295,16 @@ class Generation:
         prefix_mask: ``[N, S]`` bool, the forced prefix tokens.
         completions: ``N`` decoded responses (special tokens skipped).
         truncated: ``[N]`` bool, rows that hit ``max_new_tokens`` without EOS or a stop string.
+        logp: ``[N, S]`` float32 log-prob of each response token under the sampled distribution at the request's
+            temperature, as the sampler computed it (0 elsewhere); None when the backend does not provide it.
+        ref_logp: ``[N, S]`` the same under the first reference model alone, when the sampled distribution ran a
+            reference; None otherwise. With ``logp`` it gives the loop the KL to the reference without a scoring
+            pass.
     """
 
     tokens: TokenBatch
     prefix_mask: Tensor
     completions: tuple[str, ...]
     truncated: Tensor
+    logp: Tensor | None = None
+    ref_logp: Tensor | None = None

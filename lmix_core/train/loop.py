@@ -184,13 +184,15 @@ class Trainer:
         adv = p.advantage(AdvantageInputs(rewards=scored.rewards, group_ids=group_ids, mask=mask))  # [N, S]
         reuse = p.train.ppo_epochs * p.train.minibatches > 1
         needs_entropy = p.combiner.needs_entropy
+        with_ref = self.backend.context.num_references > 0
+        sampled_kl = with_ref and gen.logp is not None and gen.ref_logp is not None
         stats = None
-        if reuse or needs_entropy or self.backend.context.num_references > 0:
+        if reuse or needs_entropy or (with_ref and not sampled_kl):
             stats = self.backend.score(
                 gen.tokens,
                 temperature=p.sampling.temperature,
                 entropy=needs_entropy,
-                ref_logp=self.backend.context.num_references > 0,
+                ref_logp=with_ref,
                 step=step,
             )
         masks = p.combiner.loss_masks(
@@ -209,9 +211,12 @@ class Trainer:
         }
         if scored.format_rate is not None:
             metrics["format_rate"] = scored.format_rate
-        if stats is not None and stats.ref_logp is not None:
-            m = mask.float()
-            metrics["kl_ref"] = float(((stats.logp - stats.ref_logp) * m).sum() / m.sum().clamp_min(1))
+        if (
+            with_ref
+        ):  # KL of the sampled distribution to the reference, from the scoring pass or the sampler's own
+            logp, ref_logp = (stats.logp, stats.ref_logp) if stats is not None else (gen.logp, gen.ref_logp)
+            m = mask.float()  # [N, S]
+            metrics["kl_ref"] = float(((logp - ref_logp) * m).sum() / m.sum().clamp_min(1))
         return {
             "gen": gen,
             "rewards": scored.rewards,

@@ -213,8 +213,9 @@ def _decode(
     mix: MixFn | None,
     device: torch.device,
     eos: Sequence[int],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The decoding loop; returns left-padded prompts, their mask, tokens, log-probs, lengths, forced and ended."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """The decoding loop; returns left-padded prompts, their mask, tokens, log-probs (of the sampled distribution
+    and, when a reference runs, of the first reference alone), lengths, forced and ended."""
     B = len(request.prompt_ids)
     M = request.max_new_tokens
     P = max(len(p) for p in request.prompt_ids)
@@ -265,6 +266,7 @@ def _decode(
 
     tokens = torch.full((B, M), pad, dtype=torch.long, device=device)  # [B, M]
     logp = torch.zeros(B, M, dtype=torch.float32, device=device)  # [B, M]
+    ref_logp = torch.zeros(B, M, dtype=torch.float32, device=device) if len(state) > 1 else None  # [B, M]
     lengths = torch.zeros(B, dtype=torch.long, device=device)  # [B]
     done = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # [B], by EOS or a stop string
@@ -284,6 +286,9 @@ def _decode(
         tok = tok.masked_fill_(done, pad)  # [B]
         tokens[:, j] = tok
         logp[:, j] = lp_all[rows, tok].masked_fill_(done, 0.0)
+        if ref_logp is not None:
+            lp_ref = torch.log_softmax(z[1] if greedy else z[1] * inv_t, dim=-1)  # [B, V]
+            ref_logp[:, j] = lp_ref[rows, tok].masked_fill_(done, 0.0)
         lengths += ~done
         finished = is_eos[tok] & ~done  # [B]
         if stops:
@@ -298,7 +303,7 @@ def _decode(
         if j == M - 1 or bool(done.all()):
             break
         z = [logits for g in groups for logits in g.step(j, tok, P + j + 1)]  # K+1 × [B, V]
-    return prompt, prompt_len, tokens, logp, lengths, is_forced, ended
+    return prompt, prompt_len, tokens, logp, ref_logp, lengths, is_forced, ended
 
 
 def _draw(lp: Tensor, top_p: float, generator: torch.Generator) -> Tensor:
@@ -327,12 +332,14 @@ def _assemble(
     prompt_len: Tensor,
     tokens: Tensor,
     logp: Tensor,
+    ref_logp: Tensor | None,
     lengths: Tensor,
     is_forced: Tensor,
     ended: Tensor,
 ) -> Sample:
     """Right-pad rows as ``[prompt][response][pad]`` and build the :class:`Generation` (outside inference mode)."""
     prompt, prompt_len, tokens, logp = prompt.clone(), prompt_len.clone(), tokens.clone(), logp.clone()
+    ref_logp = None if ref_logp is None else ref_logp.clone()
     lengths, is_forced, ended = lengths.clone(), is_forced.clone(), ended.clone()
     device = tokens.device
     B, P = prompt.shape
@@ -349,7 +356,12 @@ def _assemble(
     input_ids = torch.full((B, S), sampler.pad_token_id, dtype=torch.long, device=device)  # [B, S]
     input_ids = torch.where(in_prompt, prompt.gather(1, prompt_src), input_ids)  # [B, S]
     input_ids = torch.where(in_response, tokens.gather(1, resp_src), input_ids)  # [B, S]
-    row_logp = torch.where(in_response, logp.gather(1, resp_src), 0.0)  # [B, S]
+    row_logp = torch.where(in_response, logp.gather(1, resp_src), 0.0).float().cpu()  # [B, S]
+    row_ref_logp = (
+        None
+        if ref_logp is None
+        else torch.where(in_response, ref_logp.gather(1, resp_src), 0.0).float().cpu()
+    )  # [B, S]
     F = is_forced.shape[1]
     forced_at = is_forced.gather(1, resp_src.clamp(max=F - 1)) & (resp_src < F)  # [B, S]
     prefix_mask = in_response & forced_at  # [B, S]
@@ -366,5 +378,7 @@ def _assemble(
         prefix_mask=prefix_mask.cpu(),
         completions=completions,
         truncated=(~ended).cpu(),
+        logp=row_logp,
+        ref_logp=row_ref_logp,
     )
-    return Sample(generation=generation, logp=row_logp.float().cpu())
+    return Sample(generation=generation, logp=row_logp)

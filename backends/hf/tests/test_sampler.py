@@ -77,6 +77,7 @@ def test_sampler_logp_matches_score_policy(model_dirs, tokenizer, temperature):
     stats = backend.score(sample.generation.tokens, temperature=temperature or 1.0)
     torch.testing.assert_close(stats.logp, sample.logp, rtol=0, atol=ATOL)
     assert sample.logp[sample.generation.tokens.loss_mask].lt(0).all()
+    assert sample.generation.ref_logp is None  # no reference ran
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
@@ -93,8 +94,12 @@ def test_sampler_logp_matches_score_combined(model_dirs, tokenizer, top_p):
         )
     )
     tokens = sample.generation.tokens
-    stats = backend.score(tokens, temperature=0.9)
+    stats = backend.score(tokens, temperature=0.9, ref_logp=True)
     torch.testing.assert_close(stats.logp, sample.logp, rtol=0, atol=ATOL)
+    # the generation carries the same log-probs, and the reference's alone, so the loop needs no scoring pass
+    assert sample.generation.logp is sample.logp
+    torch.testing.assert_close(stats.ref_logp, sample.generation.ref_logp, rtol=0, atol=ATOL)
+    assert (sample.generation.ref_logp - sample.logp).abs().max() > 1e-3
     mix = functools.partial(combiner.mix_logits, step=0)
     with torch.no_grad():
         naive = naive_logp(
