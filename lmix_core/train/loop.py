@@ -211,9 +211,8 @@ class Trainer:
         }
         if scored.format_rate is not None:
             metrics["format_rate"] = scored.format_rate
-        if (
-            with_ref
-        ):  # KL of the sampled distribution to the reference, from the scoring pass or the sampler's own
+        if with_ref:
+            # KL of the sampled distribution to the reference, from the scoring pass or from the sampler's log-probs
             logp, ref_logp = (stats.logp, stats.ref_logp) if stats is not None else (gen.logp, gen.ref_logp)
             m = mask.float()  # [N, S]
             metrics["kl_ref"] = float(((logp - ref_logp) * m).sum() / m.sum().clamp_min(1))
