@@ -262,7 +262,7 @@ def _error_line(text: str, message: str) -> str:
     return lines[n - 1].strip() if 0 < n <= len(lines) else ""
 
 
-_KEY_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)$")
+_KEY_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)")
 
 
 class OverrideError(LmixError, ValueError):
@@ -301,7 +301,7 @@ def parse_override(text: str) -> tuple[tuple[str | int, ...], Any]:
         if part.isdigit() and segments:
             segments.append(int(part))
             continue
-        m = _KEY_SEGMENT.match(part)
+        m = _KEY_SEGMENT.fullmatch(part)
         if not m:
             raise OverrideError(
                 f"has a malformed key {key!r}",
@@ -713,7 +713,7 @@ def load_recipe(
 
 # -- TOML writer -------------------------------------------------------------------------------------------------
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
 
 
@@ -736,7 +736,7 @@ def _toml_string(s: str) -> str:
 def _toml_key(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"TOML keys must be strings (got {key!r})")
-    return key if _BARE_KEY.match(key) else _toml_string(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
 
 
 def _toml_value(value: Any) -> str:
