@@ -168,14 +168,14 @@ class Registry(Generic[T]):
             ):
                 continue
             entry = Entry(self.kind, ep.name, ep.value, dist, version)
-            if not NAME_RE.match(ep.name):
+            if not NAME_RE.fullmatch(ep.name):
                 conflicts.setdefault(ep.name, []).append(entry)
                 invalid[ep.name] = (
                     f"{entry.describe()}\n  has a name that is not lower_snake_case ([a-z][a-z0-9_]*); "
                     f"rename the entry point in {dist}'s metadata."
                 )
                 continue
-            if not VALUE_RE.match(ep.value):
+            if not VALUE_RE.fullmatch(ep.value):
                 conflicts.setdefault(ep.name, []).append(entry)
                 invalid[ep.name] = (
                     f"{entry.describe()}\n  has a malformed value; it must read 'package.module:Class'. "

@@ -29,7 +29,7 @@ def _as_tags(value: object) -> tuple:
 
 def _tag_names(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
     for tag in value:
-        if not isinstance(tag, str) or _TAG_RE.match(tag) is None:
+        if not isinstance(tag, str) or _TAG_RE.fullmatch(tag) is None:
             raise ValueError(f"'{attribute.name}' must hold bare tag names like 'think' (got {tag!r})")
 
 

@@ -89,4 +89,6 @@ def test_config_validation():
         build(Format.Config, {"pattern": "(unclosed"})
     with pytest.raises(ConfigError, match="'required_tags' must hold bare tag names"):
         build(Format.Config, {"required_tags": ["<think>"]})
+    with pytest.raises(ConfigError, match="'required_tags' must hold bare tag names"):
+        build(Format.Config, {"required_tags": ["think\n"]})  # the whole name must match, not up to a newline
     assert Format.Config(required_tags="answer").required_tags == ("answer",)
