@@ -364,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="FILE", help="PNG to write (default: RUN_DIR/curves.png of the first run)"
     )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="the runs follow one another (e.g. SFT, then RL from its model): place each after the previous one",
+    )
     p.set_defaults(handler=_dispatch("plot"))
 
     p = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Megatron formats")

@@ -23,31 +23,52 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Write a PNG with one panel per metric and one line per run; returns its path."""
+def load_run(run_dir: Path) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(name, metrics rows, evaluation rows)`` of a run directory written by ``lmix run``."""
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    if not metrics:
+        raise LmixError(f"{str(run_dir)!r} has no metrics.jsonl; pass run directories written by `lmix run`")
+    return run_dir.name, metrics, read_jsonl(run_dir / "eval.jsonl")
+
+
+def step_offsets(
+    runs: Sequence[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], sequential: bool
+) -> list[int]:
+    """Where each run's step 0 goes on the x axis: 0 for all, or, when the runs follow one another (``sequential``,
+    e.g. SFT then RL from its model), the sum of the earlier runs' step counts."""
+    offsets, total = [], 0
+    for _, metrics, _ in runs:
+        offsets.append(total if sequential else 0)
+        total += max(int(r["step"]) for r in metrics) + 1
+    return offsets
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path, *, sequential: bool = False) -> Path:
+    """Write a PNG with one panel per metric and one line per run; returns its path.
+
+    ``sequential`` places each run after the previous one on the step axis (a pipeline's stages); otherwise every
+    run starts at step 0 (runs compared side by side).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = []
-    for d in run_dirs:
-        metrics = read_jsonl(d / "metrics.jsonl")
-        if not metrics:
-            raise LmixError(f"{str(d)!r} has no metrics.jsonl; pass run directories written by `lmix run`")
-        runs.append((d.name, metrics, read_jsonl(d / "eval.jsonl")))
+    runs = [load_run(d) for d in run_dirs]
+    offsets = step_offsets(runs, sequential)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (key, title) in zip(axes, PANELS):
-        for name, metrics, evals in runs:
+        for (name, metrics, evals), offset in zip(runs, offsets):
             rows = evals if key == "pass@1" else metrics
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+            pts = [(offset + r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o" if key == "pass@1" else None, markersize=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -58,5 +79,5 @@ def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
 def plot_command(args: Any) -> int:
     dirs = [Path(d) for d in args.run_dirs]
     out = Path(args.out) if args.out else dirs[0] / "curves.png"
-    print(f"lmix plot: wrote {plot_runs(dirs, out)}")
+    print(f"lmix plot: wrote {plot_runs(dirs, out, sequential=bool(getattr(args, 'sequential', False)))}")
     return 0

@@ -136,7 +136,7 @@ def run_demo(
     }
     from lmix_core.plotting import plot_runs
 
-    summary["plot"] = str(plot_runs([out / "sft", out / "rl"], out / "curves.png"))
+    summary["plot"] = str(plot_runs([out / "sft", out / "rl"], out / "curves.png", sequential=True))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_table(summary)
     return summary
