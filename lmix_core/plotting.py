@@ -58,12 +58,13 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, *, sequential: bool = False) 
     offsets = step_offsets(runs, sequential)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (key, title) in zip(axes, PANELS):
-        for (name, metrics, evals), offset in zip(runs, offsets):
+        for i, ((name, metrics, evals), offset) in enumerate(zip(runs, offsets)):
             rows = evals if key == "pass@1" else metrics
             pts = [(offset + r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o" if key == "pass@1" else None, markersize=3, label=name)
+                marker = "o" if key == "pass@1" else None
+                ax.plot(xs, ys, color=f"C{i}", marker=marker, markersize=3, label=name)  # one colour per run
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
