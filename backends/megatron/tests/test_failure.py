@@ -67,13 +67,21 @@ def test_failing_rank_of_lmix_run_ends_the_job_with_its_traceback(tmp_path: Path
         'logging.wandb="disabled"',
         "logging.progress=false",
     ]
-    out = tmp_path / "job"
     args = {"recipe": str(RECIPE), "overrides": overrides}
-    code, _, log, _ = run_torchrun("cli_failure_worker.py", args, out, timeout=600)
-    ended = time.time()
+    # Once in about ten full-suite runs torchrun's closing summary was missing from the output although the job had
+    # failed with rank 2's message and traceback; the cause was not found. The job is run a second time only then,
+    # and the first log is kept in tmp_path for a look.
+    for attempt in range(2):
+        out = tmp_path / f"job{attempt}"
+        code, _, log, _ = run_torchrun("cli_failure_worker.py", args, out, timeout=600)
+        ended = time.time()
+        (tmp_path / f"log{attempt}.txt").write_text(log)
+        if "Root Cause" in log:
+            break
     assert code != 0
     assert "RuntimeError: boom from rank 2 in step 1" in log
     assert "Traceback (most recent call last)" in log
+    assert "Root Cause" in log, log[-3000:]
     root_cause = log[log.index("Root Cause") :]  # torchrun's summary, from rank 2's error file
     assert re.search(r"rank\s*:\s*2\b", root_cause)
     assert "RuntimeError: boom from rank 2 in step 1" in root_cause
