@@ -56,13 +56,18 @@ class Sample:
     """What :meth:`Sampler.sample` returns.
 
     Attributes:
-        generation: the rows, in the :class:`~lmix_core.types.Generation` layout.
-        logp: ``[N, S]`` float32 log-prob of each response token under the sampling distribution
-            ``softmax(mix / T)`` (``T = 1`` when greedy), aligned with ``generation.tokens.input_ids``; 0 elsewhere.
+        generation: the rows, in the :class:`~lmix_core.types.Generation` layout, with the sampler's log-probs
+            (``generation.logp``, and ``generation.ref_logp`` when a reference ran).
     """
 
     generation: Generation
-    logp: Tensor
+
+    @property
+    def logp(self) -> Tensor:
+        """``[N, S]`` float32 log-prob of each response token under the sampling distribution ``softmax(mix / T)``
+        (``T = 1`` when greedy), aligned with ``generation.tokens.input_ids``; 0 elsewhere."""
+        assert self.generation.logp is not None  # the sampler always records them
+        return self.generation.logp
 
 
 class Sampler:
@@ -381,4 +386,4 @@ def _assemble(
         logp=row_logp,
         ref_logp=row_ref_logp,
     )
-    return Sample(generation=generation, logp=row_logp)
+    return Sample(generation=generation)
