@@ -98,9 +98,6 @@ def run_demo(
     ``sft_overrides`` and ``rl_overrides`` are extra ``key=value`` recipe overrides of each stage (tests use them to
     shrink the run, and ``lmix demo --quick`` to shorten the RL stage).
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the demo prints its own stages; no per-save "Writing model shards" bars
     t0 = time.perf_counter()
     inputs = build_inputs(out, seed)
     common = [

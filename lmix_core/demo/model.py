@@ -14,6 +14,7 @@ import transformers
 
 from lmix_core.demo.tokenizer import EOS, build_tokenizer
 from lmix_core.errors import ConfigError
+from lmix_core.progress_bars import quiet_progress
 
 Arch = Literal["qwen2", "llama", "qwen3"]
 
@@ -123,6 +124,7 @@ def save_tiny_model_dir(
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer() if tokenizer is None else tokenizer
     model = build_tiny_model(tokenizer, **model_kwargs)
-    model.save_pretrained(directory)
+    with quiet_progress():
+        model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

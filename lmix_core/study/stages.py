@@ -178,15 +178,7 @@ def pretrain(layout: Layout, sizes: Sizes, pseed: int, log: Log) -> dict[str, Pa
     root = layout.pretrain_root(pseed)
     init = root / "init"
     if not (init / "config.json").exists():
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            save_tiny_model_dir(init, seed=pseed, **attrs.asdict(sizes.model))
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
+        save_tiny_model_dir(init, seed=pseed, **attrs.asdict(sizes.model))
     out: dict[str, Path] = {}
     for i, step in enumerate(sizes.pretrain.checkpoints, 1):
         ck = f"ck{i}"

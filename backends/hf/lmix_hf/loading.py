@@ -9,8 +9,6 @@ masks), are refused with a :class:`~lmix_core.errors.BackendError` instead of be
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lmix_core.errors import BackendError
+from lmix_core.progress_bars import quiet_progress
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -61,20 +60,6 @@ def load_causal_lm(path: Path, *, dtype: str, attn_implementation: str, device: 
         ) from exc
     check_supported(model, where=str(path))
     return model.to(device)
-
-
-@contextlib.contextmanager
-def quiet_progress() -> Iterator[None]:
-    """Hide transformers' per-call progress bars (loading and writing shards), which would drown the run's own."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(path: Path) -> Any:
