@@ -18,7 +18,8 @@ class TrainConfig:
     """``[train]``: the step budget and the loop's own knobs.
 
     Attributes:
-        steps: optimiser steps.
+        steps: loop steps (each takes ``ppo_epochs × minibatches`` optimiser steps); component schedules count
+            loop steps, the backend's learning-rate schedule counts optimiser steps.
         prompts_per_step: questions per step (``Q``); also the number of demonstrations an SFT step trains on.
         group_size: rollouts per question (``G``).
         ppo_epochs: passes over each step's rollouts (old log-probs are computed once per step).

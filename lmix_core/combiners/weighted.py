@@ -63,7 +63,8 @@ class Weighted(PolicyCombiner):
             alpha_start: the policy's weight α at step 0.
             alpha_end: α from ``schedule_steps`` on (unused by ``constant``).
             schedule: how α moves from ``alpha_start`` to ``alpha_end``: ``constant``, ``linear`` or ``cosine``.
-            schedule_steps: optimiser steps over which α moves.
+            schedule_steps: loop steps (what ``train.steps`` counts) over which α moves; every optimiser step of a
+                loop step (PPO epochs × minibatches) trains at the α its rollouts were sampled at.
             ref_weights: weight of each reference, on the simplex; its length is the number of references.
             deploy: what evaluation samples from: ``combined`` (π_mix) or ``policy`` (π_θ alone).
         """

@@ -119,7 +119,13 @@ class TrainerBackend(Component):
 
     @abstractmethod
     def train_step(
-        self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
+        self,
+        groups: Sequence[Sequence[MicroBatch]],
+        objective: Objective,
+        /,
+        *,
+        step: int,
+        lr_step: int | None = None,
     ) -> StepReport:
         """One optimiser step.
 
@@ -128,7 +134,11 @@ class TrainerBackend(Component):
                 group's micro-batches are summed; each group's gradient goes through its own optimiser state, all
                 from the same parameter snapshot, and the updates are combined with ``update_weights``.
             objective: the loss for one micro-batch.
-            step: optimiser step (learning-rate schedule).
+            step: the loop step, the combiner's clock: ``combiner.mix_logits(..., step=step)`` in the training
+                forward, the same step that :meth:`generate` and :meth:`score` received for these rows (so the
+                PPO ratio of the first update on fresh rollouts is exactly 1 under a scheduled combiner).
+            lr_step: the optimiser step the learning-rate schedule reads (``None``: ``step``). The loop passes
+                ``step × ppo_epochs × minibatches`` plus the updates already taken this step.
 
         Returns:
             The loss, per-group gradient norms, and ``skipped=True`` (parameters untouched) when the loss or a

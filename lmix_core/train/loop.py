@@ -256,7 +256,7 @@ class Trainer:
                     groups[-1].append(sft_mb)
                 if not any(groups):
                     continue
-                reports.append(self.backend.train_step(groups, objective, step=opt_step))
+                reports.append(self.backend.train_step(groups, objective, step=step, lr_step=opt_step))
                 opt_step += 1
         return reports
 

@@ -44,7 +44,8 @@ class HFBackend(TrainerBackend):
     loop's loss weights are precomputed for the whole step). Under ``torchrun`` the gradients are then averaged
     over ranks (DDP's convention: each rank's loss weights should be normalised as for a single-process step on
     that rank's share). The pre-clip norm is reported, the gradient clipped to ``grad_clip`` and AdamW steps at
-    ``lr_at(step)``. With two optimiser states (``parallel_average``), group ``k`` goes through AdamW state ``k``
+    ``lr_at(lr_step)`` (the optimiser-step count; the combiner's mix reads the loop ``step``). With two optimiser
+    states (``parallel_average``), group ``k`` goes through AdamW state ``k``
     and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k``. A non-finite loss or
     gradient norm leaves every parameter and optimiser state untouched and returns ``skipped=True``.
 
@@ -72,8 +73,10 @@ class HFBackend(TrainerBackend):
             adam_eps: AdamW ε.
             grad_clip: max global gradient norm per optimiser state; 0 disables clipping.
             lr_schedule: decay after warm-up: ``constant``, ``cosine`` or ``linear``.
-            warmup_steps: linear warm-up steps.
-            total_steps: steps the decay spans (required by ``cosine`` and ``linear``).
+            warmup_steps: linear warm-up, in optimiser steps (``train.ppo_epochs × train.minibatches`` per loop
+                step).
+            total_steps: optimiser steps the decay spans (required by ``cosine`` and ``linear``); for a run,
+                ``train.steps × train.ppo_epochs × train.minibatches``.
             min_lr_ratio: final learning rate as a fraction of ``lr``.
             micro_batch_size: rows per forward/backward pass.
             gradient_checkpointing: recompute decoder activations in backward to save memory.
@@ -287,7 +290,13 @@ class HFBackend(TrainerBackend):
 
     # -- training --------------------------------------------------------------------------------------------
     def train_step(
-        self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
+        self,
+        groups: Sequence[Sequence[MicroBatch]],
+        objective: Objective,
+        /,
+        *,
+        step: int,
+        lr_step: int | None = None,
     ) -> StepReport:
         K = self.context.num_optimizer_states
         if len(groups) != K:
@@ -300,7 +309,7 @@ class HFBackend(TrainerBackend):
             )
         cfg = self.config
         lr = lr_at(
-            step,
+            step if lr_step is None else lr_step,
             lr=cfg.lr,
             shape=cfg.lr_schedule,
             warmup_steps=cfg.warmup_steps,

@@ -83,8 +83,10 @@ class MegatronBackend(TrainerBackend):
             adam_eps: AdamW ε.
             grad_clip: clip the global gradient norm to this (0 disables clipping).
             lr_schedule: decay after warm-up: ``constant``, ``cosine`` or ``linear`` (``lmix_hf.lr_schedule``).
-            warmup_steps: linear warm-up steps.
-            total_steps: steps the decay spans (required by ``cosine`` and ``linear``).
+            warmup_steps: linear warm-up, in optimiser steps (``train.ppo_epochs × train.minibatches`` per loop
+                step).
+            total_steps: optimiser steps the decay spans (required by ``cosine`` and ``linear``); for a run,
+                ``train.steps × train.ppo_epochs × train.minibatches``.
             min_lr_ratio: final learning rate as a fraction of ``lr``.
             micro_batch_size: rows per megatron micro-batch (the loop's micro-batches are split by rows; the
                 objective's token weights make the pieces add up exactly).
@@ -638,7 +640,13 @@ class MegatronBackend(TrainerBackend):
 
     # -- training --------------------------------------------------------------------------------------------
     def train_step(
-        self, groups: Sequence[Sequence[MicroBatch]], objective: Objective, /, *, step: int
+        self,
+        groups: Sequence[Sequence[MicroBatch]],
+        objective: Objective,
+        /,
+        *,
+        step: int,
+        lr_step: int | None = None,
     ) -> StepReport:
         n_states = self.context.num_optimizer_states
         if len(groups) != n_states:
@@ -646,7 +654,7 @@ class MegatronBackend(TrainerBackend):
                 f"train_step got {len(groups)} micro-batch group(s) for {n_states} optimiser state(s)"
             )
         groups = self._broadcast([list(g) for g in groups])
-        self._set_lr(step)
+        self._set_lr(step if lr_step is None else lr_step)
         self.model.train()
         losses, norms, grads, summaries = [], [], [], []
         finite = True
