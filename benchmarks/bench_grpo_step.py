@@ -27,7 +27,7 @@ PROMPTS = ["Compute 12+34.", "What is 7*8?"]
 
 
 def make_model(root: Path) -> Path:
-    from lmix_core.demo.model import save_tiny_model_dir
+    from lmix_core.synthetic.model import save_tiny_model_dir
 
     return save_tiny_model_dir(
         root / "model",

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmix_core.errors import LmixError
-
 #: Demo defaults: the model and data sizes that fit the 5-minute budget on 2 CPU cores. SFT imitates both kinds of
 #: demonstration; RL with the answer check learns that working the columns out pays (docs/demo.md).
 DEMO = {
@@ -32,19 +30,16 @@ DEMO = {
 
 
 def recipes_dir() -> Path:
-    here = Path(__file__).resolve().parents[2] / "recipes" / "demo"
-    if not (here / "sft.toml").exists():
-        raise LmixError(
-            f"the demo recipes were not found at {str(here)!r}; run `lmix demo` from a checkout of the lmix "
-            f"repository (the recipes live in recipes/demo/)"
-        )
-    return here
+    """The demo's recipes, shipped in the package (``lmix_core/demo/recipes/``)."""
+    from importlib.resources import files
+
+    return Path(str(files("lmix_core.demo") / "recipes"))
 
 
 def build_inputs(out: Path, seed: int) -> dict[str, Path]:
     """Write the task data and the from-scratch base model under ``out``."""
-    from lmix_core.demo.model import save_tiny_model_dir
     from lmix_core.demo.task import generate, write_jsonl
+    from lmix_core.synthetic.model import save_tiny_model_dir
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""Tiny tokenizer and models for tests: thin re-exports of :mod:`lmix_core.demo.tokenizer` and
-:mod:`lmix_core.demo.model`, so backend and plugin tests share one definition with the demo.
+"""Tiny tokenizer and models for tests: re-exports of :mod:`lmix_core.synthetic.tokenizer` and
+:mod:`lmix_core.synthetic.model`, so backend and plugin tests share one definition with the demo.
 
 Example::
 
@@ -10,8 +10,8 @@ Example::
     path = save_tiny_model_dir(tmp_path / "tiny", arch="qwen2")  # AutoModelForCausalLM.from_pretrained(path)
 """
 
-from lmix_core.demo.model import Arch, build_tiny_model, save_tiny_model_dir
-from lmix_core.demo.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
+from lmix_core.synthetic.model import Arch, build_tiny_model, save_tiny_model_dir
+from lmix_core.synthetic.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
 
 __all__ = [
     "Arch",

@@ -17,7 +17,7 @@ from lmix_core.data.config import DataConfig
 from lmix_core.data.errors import DataError
 from lmix_core.data.example import Example
 from lmix_core.data.loading import build_messages, load_examples, render_prompt
-from lmix_core.demo.tokenizer import build_tokenizer
+from lmix_core.synthetic.tokenizer import build_tokenizer
 
 ARITHMETIC = str(FIXTURES_DIR / "arithmetic.jsonl")
 TOKENIZER = build_tokenizer()

@@ -12,9 +12,9 @@ from lmix_core.data.errors import DataError
 from lmix_core.data.example import Example
 from lmix_core.data.loading import load_examples, render_prompt
 from lmix_core.demo.task import generate_corpus, write_jsonl
-from lmix_core.demo.tokenizer import build_tokenizer
 from lmix_core.errors import RecipeError
 from lmix_core.recipe import load_recipe
+from lmix_core.synthetic.tokenizer import build_tokenizer
 from lmix_core.train.batching import demonstration_batch
 
 TOKENIZER = build_tokenizer()
@@ -80,7 +80,7 @@ def test_text_column_conflicts_are_recipe_problems(tmp_path: Path, extra: str, m
 
 def test_pretraining_run_lowers_the_document_nll(tmp_path: Path) -> None:
     """End to end: an sft recipe over a corpus with text_column trains a from-scratch model (loss decreases)."""
-    from lmix_core.demo.model import save_tiny_model_dir
+    from lmix_core.synthetic.model import save_tiny_model_dir
     from lmix_core.train.run import train
 
     model = save_tiny_model_dir(tmp_path / "base", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1)

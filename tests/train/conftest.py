@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lmix_core.demo.model import save_tiny_model_dir
 from lmix_core.demo.task import generate, write_jsonl
+from lmix_core.synthetic.model import save_tiny_model_dir
 
 
 @pytest.fixture(scope="session")

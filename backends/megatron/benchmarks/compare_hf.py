@@ -8,7 +8,7 @@ the SFT model under ``runs/demo``)::
     python backends/megatron/benchmarks/compare_hf.py --seeds 0 1 2        # three seeds each
     python backends/megatron/benchmarks/compare_hf.py --steps 2 --set train.prompts_per_step=2 ...   # smoke test
 
-Both runs use one recipe: the demo's ``recipes/demo/grpo_logit_average.toml`` as it is now, with only its
+Both runs use one recipe: the demo's ``lmix_core/demo/recipes/grpo_logit_average.toml`` as it is now, with only its
 ``[backend]`` table replaced for the megatron run. That table comes from ``recipes/megatron_tiny_tp2_pp2.toml``
 (``tp``, ``pp``, micro-batching, timeout) while the optimiser settings (``lr``, ``weight_decay``, ``grad_clip``,
 schedule, ``dtype``, ...) are copied from the demo recipe, so tuning the demo recipe tunes both runs. The HF run is
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
-HF_RECIPE = REPO / "recipes" / "demo" / "grpo_logit_average.toml"
+HF_RECIPE = REPO / "lmix_core" / "demo" / "recipes" / "grpo_logit_average.toml"
 MEGATRON_RECIPE = REPO / "recipes" / "megatron_tiny_tp2_pp2.toml"
 
 #: backend settings that change the optimisation: taken from the HF (demo) recipe for both runs.
