@@ -30,12 +30,18 @@ class PolicyLoss(Component):
         return False
 
     @abstractmethod
-    def token_weights(self, mask, /, *, max_len: int):  # noqa: ANN001, ANN201 - Tensor in, Tensor out
+    def token_weights(self, mask, /, *, max_len: int, counts=None):  # noqa: ANN001, ANN201 - Tensor in, Tensor out
         """Aggregation weights for a whole step's RL rows.
 
         Args:
             mask: ``[N, S]`` bool response tokens of every RL row of the step (on this rank).
-            max_len: the constant ``L`` of ``seq-mean-token-sum-norm`` (the response length limit).
+            max_len: the constant ``L`` of the ``*-norm`` modes (the response length limit).
+            counts: a :class:`lmix_core.ops.aggregation.StepCounts` with the step's counts summed over every
+                data-parallel rank (``ranks = W``), or None for one process (the counts of ``mask`` itself).
+                With counts, the weights normalise by the global counts and are multiplied by ``W``: backends
+                average gradients over ranks, so the averaged gradient is then the global batch's. Contract:
+                splitting a step's rows over ranks and concatenating each part's weights (given the summed
+                counts) gives ``W`` times the one-process weights.
 
         Returns:
             ``[N, S]`` float32 weights, 0 outside the mask.

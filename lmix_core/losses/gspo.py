@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from lmix_core.interfaces.loss import PolicyLoss
-from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
-from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
+from lmix_core.ops.aggregation import AGG_MODES, AGG_ROWS, AggMode, AggRows, StepCounts, aggregation_weights
+from lmix_core.ops.kl import KL_ESTIMATORS, KL_IMPORTANCE, KLEstimator, KLImportance
 from lmix_core.ops.loss_terms import clipped_term, finish, prepare
 from lmix_core.types import LossInputs, LossOutput
 
@@ -75,8 +75,12 @@ class GSPO(PolicyLoss):
         log_ratio_max: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
         kl_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
         kl_estimator: KLEstimator = attrs.field(default="k3", validator=attrs.validators.in_(KL_ESTIMATORS))
+        kl_importance: KLImportance = attrs.field(
+            default="none", validator=attrs.validators.in_(KL_IMPORTANCE)
+        )
         entropy_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
         agg: AggMode = attrs.field(default="seq-mean-token-mean", validator=attrs.validators.in_(AGG_MODES))
+        agg_rows: AggRows = attrs.field(default="nonempty", validator=attrs.validators.in_(AGG_ROWS))
 
     @property
     def needs_ref_logp(self) -> bool:
@@ -86,8 +90,9 @@ class GSPO(PolicyLoss):
     def needs_entropy(self) -> bool:
         return self.config.entropy_coef > 0
 
-    def token_weights(self, mask: Tensor, /, *, max_len: int) -> Tensor:
-        return aggregation_weights(mask, self.config.agg, max_len)  # [N, S]
+    def token_weights(self, mask: Tensor, /, *, max_len: int, counts: StepCounts | None = None) -> Tensor:
+        cfg = self.config
+        return aggregation_weights(mask, cfg.agg, max_len, counts, rows=cfg.agg_rows)  # [N, S]
 
     def __call__(self, inputs: LossInputs, /) -> LossOutput:
         cfg = self.config
@@ -95,4 +100,7 @@ class GSPO(PolicyLoss):
         log_s = sequence_log_ratio(x.logp.detach(), x.old_logp, x.onpolicy)  # [N, 1]
         log_st = (x.logp - x.logp.detach() + log_s).clamp(max=cfg.log_ratio_max)  # [N, S]
         ratio = torch.exp(log_st)  # [N, S]
-        return finish(clipped_term(x, ratio, eps_low=cfg.eps_low, eps_high=cfg.eps_high), x, cfg)
+        term = clipped_term(x, ratio, eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+        # The KL's importance weight (kl_importance = "ratio") is s_i with its gradient through every token, as TRL.
+        log_s_grad = sequence_log_ratio(x.logp, x.old_logp, x.onpolicy).clamp(max=cfg.log_ratio_max)  # [N, 1]
+        return finish(attrs.evolve(term, ratio=torch.exp(log_s_grad)), x, cfg)

@@ -8,8 +8,8 @@ import attrs
 from torch import Tensor
 
 from lmix_core.interfaces.loss import PolicyLoss
-from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
-from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
+from lmix_core.ops.aggregation import AGG_MODES, AGG_ROWS, AggMode, AggRows, StepCounts, aggregation_weights
+from lmix_core.ops.kl import KL_ESTIMATORS, KL_IMPORTANCE, KLEstimator, KLImportance
 from lmix_core.ops.loss_terms import PolicyTerm, finish, prepare, token_ratio
 from lmix_core.ops.masked import masked_mean
 from lmix_core.types import LossInputs, LossOutput
@@ -26,7 +26,8 @@ class PG(PolicyLoss):
     The ``ratio`` form is what LUFFY's and HPT's released scripts optimise (``compute_token_on_off_policy_loss``
     with ``loss_remove_clip=True``: ``−A·ratio``): its gradient −Â·ρ·∇log π is importance-weighted when several
     inner steps reuse a batch. Both forms have the gradient −Â·∇log π at ρ = 1; the ``logp`` form ignores π_old.
-    HPT/LUFFY aggregate with Σ m ℓ / L_max: ``agg = "seq-mean-token-sum-norm"``; the default here is
+    HPT/LUFFY aggregate with Σ m ℓ / L_max per micro-batch, divided by their gradient-accumulation steps K:
+    ``agg = "token-sum-norm"`` (with ``max_len = K · L_max`` for their exact scale); the default here is
     ``token-mean``, like ``ppo_clip``.
 
     Off-policy tokens (``offpolicy`` with ``offpolicy_gamma`` set) take LUFFY's ``−Â·p/(p+γ)``.
@@ -52,8 +53,12 @@ class PG(PolicyLoss):
         log_ratio_clamp: float = attrs.field(default=20.0, validator=attrs.validators.gt(0.0))
         kl_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
         kl_estimator: KLEstimator = attrs.field(default="k3", validator=attrs.validators.in_(KL_ESTIMATORS))
+        kl_importance: KLImportance = attrs.field(
+            default="none", validator=attrs.validators.in_(KL_IMPORTANCE)
+        )
         entropy_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
         agg: AggMode = attrs.field(default="token-mean", validator=attrs.validators.in_(AGG_MODES))
+        agg_rows: AggRows = attrs.field(default="nonempty", validator=attrs.validators.in_(AGG_ROWS))
 
     @property
     def needs_ref_logp(self) -> bool:
@@ -63,8 +68,9 @@ class PG(PolicyLoss):
     def needs_entropy(self) -> bool:
         return self.config.entropy_coef > 0
 
-    def token_weights(self, mask: Tensor, /, *, max_len: int) -> Tensor:
-        return aggregation_weights(mask, self.config.agg, max_len)  # [N, S]
+    def token_weights(self, mask: Tensor, /, *, max_len: int, counts: StepCounts | None = None) -> Tensor:
+        cfg = self.config
+        return aggregation_weights(mask, cfg.agg, max_len, counts, rows=cfg.agg_rows)  # [N, S]
 
     def __call__(self, inputs: LossInputs, /) -> LossOutput:
         cfg = self.config
@@ -72,4 +78,4 @@ class PG(PolicyLoss):
         ratio = token_ratio(x, log_ratio_clamp=cfg.log_ratio_clamp)  # [N, S]
         pg = -x.advantages * (ratio if cfg.form == "ratio" else x.logp)  # [N, S]
         metrics = {"ratio_mean": masked_mean(ratio.detach(), x.onpolicy)}
-        return finish(PolicyTerm(loss=pg, metrics=metrics), x, cfg)
+        return finish(PolicyTerm(loss=pg, metrics=metrics, ratio=ratio), x, cfg)

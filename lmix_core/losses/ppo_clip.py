@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from lmix_core.interfaces.loss import PolicyLoss
-from lmix_core.ops.aggregation import AGG_MODES, AggMode, aggregation_weights
-from lmix_core.ops.kl import KL_ESTIMATORS, KLEstimator
+from lmix_core.ops.aggregation import AGG_MODES, AGG_ROWS, AggMode, AggRows, StepCounts, aggregation_weights
+from lmix_core.ops.kl import KL_ESTIMATORS, KL_IMPORTANCE, KLEstimator, KLImportance
 from lmix_core.ops.loss_terms import PolicyTerm, clipped_term, finish, prepare, token_ratio
 from lmix_core.ops.masked import masked_mean
 from lmix_core.types import LossInputs, LossOutput
@@ -69,8 +69,12 @@ class PPOClip(PolicyLoss):
         log_ratio_clamp: float = attrs.field(default=20.0, validator=attrs.validators.gt(0.0))
         kl_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
         kl_estimator: KLEstimator = attrs.field(default="k3", validator=attrs.validators.in_(KL_ESTIMATORS))
+        kl_importance: KLImportance = attrs.field(
+            default="none", validator=attrs.validators.in_(KL_IMPORTANCE)
+        )
         entropy_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
         agg: AggMode = attrs.field(default="token-mean", validator=attrs.validators.in_(AGG_MODES))
+        agg_rows: AggRows = attrs.field(default="nonempty", validator=attrs.validators.in_(AGG_ROWS))
 
     @property
     def needs_ref_logp(self) -> bool:
@@ -80,8 +84,9 @@ class PPOClip(PolicyLoss):
     def needs_entropy(self) -> bool:
         return self.config.entropy_coef > 0
 
-    def token_weights(self, mask: Tensor, /, *, max_len: int) -> Tensor:
-        return aggregation_weights(mask, self.config.agg, max_len)  # [N, S]
+    def token_weights(self, mask: Tensor, /, *, max_len: int, counts: StepCounts | None = None) -> Tensor:
+        cfg = self.config
+        return aggregation_weights(mask, cfg.agg, max_len, counts, rows=cfg.agg_rows)  # [N, S]
 
     def __call__(self, inputs: LossInputs, /) -> LossOutput:
         cfg = self.config
@@ -95,4 +100,4 @@ class PPOClip(PolicyLoss):
         dual = (a < 0) & (term.loss > pg3)  # [N, S]
         pg = torch.where(a < 0, torch.minimum(term.loss, pg3), term.loss)  # [N, S]
         metrics = {**term.metrics, "clip_frac_lower": masked_mean(dual.float(), x.onpolicy)}
-        return finish(PolicyTerm(loss=pg, metrics=metrics), x, cfg)
+        return finish(PolicyTerm(loss=pg, metrics=metrics, ratio=ratio), x, cfg)

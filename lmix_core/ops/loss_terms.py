@@ -5,8 +5,12 @@ A loss's ``__call__`` is ``prepare`` → its own per-token policy-gradient term 
 often :func:`token_ratio` and :func:`clipped_term`) → :func:`finish`, which forms
 
     ℓ_pg    ← −Â · p/(p + γ)    on off-policy tokens when γ is set (LUFFY; ``lmix_core.ops.offpolicy``)
-    ℓ_total = ℓ_pg + kl_coef · KL_k(π_θ ‖ π_ref) − entropy_coef · H
+    ℓ_total = ℓ_pg + kl_coef · c · KL_k(π_θ ‖ π_ref) − entropy_coef · H
     loss    = Σ_{i,t} token_weights_{i,t} · ℓ_total_{i,t}
+
+with ``c = 1`` (``kl_importance = "none"``) or ``c = ρ``, the loss's importance ratio π_θ/π_old *with* gradient
+(``kl_importance = "ratio"``; TRL 1.16's default ``use_bias_correction_kl=True``; DeepSeek-V3.2, arXiv 2512.02556);
+off-policy (shaped) tokens take ``c = 1``, as they have no behaviour probability.
 
 Values outside ``mask`` are replaced by 0 *before* any arithmetic (:func:`prepare`), so garbage at padded positions
 can neither change the loss nor reach the gradient.
@@ -21,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lmix_core.errors import LmixError
-from lmix_core.ops.kl import KLEstimator, kl_penalty
+from lmix_core.ops.kl import KLEstimator, KLImportance, kl_penalty
 from lmix_core.ops.masked import masked_mean
 from lmix_core.ops.offpolicy import apply_shaping, shaped_tokens
 from lmix_core.types import LossInputs, LossOutput
@@ -35,6 +39,9 @@ class Regularisers(Protocol):
 
     @property
     def kl_estimator(self) -> KLEstimator: ...
+
+    @property
+    def kl_importance(self) -> KLImportance: ...
 
     @property
     def entropy_coef(self) -> float: ...
@@ -91,10 +98,13 @@ class PolicyTerm:
     Attributes:
         loss: ``[N, S]`` per-token ``ℓ_pg`` of the on-policy objective.
         metrics: the loss's own metrics (``clip_frac``, ``ratio_mean`` ...), 0-dim tensors.
+        ratio: ``[N, S]`` (or ``[N, 1]``) importance ratio π_θ/π_old *with* gradient, which weights the KL term
+            when ``kl_importance = "ratio"``; None if the loss has none.
     """
 
     loss: Tensor
     metrics: dict[str, Tensor]
+    ratio: Tensor | None = None
 
 
 def prepare(inputs: LossInputs, *, owner: str, needs: Needs) -> Prepared:
@@ -178,7 +188,7 @@ def clipped_term(x: Prepared, ratio: Tensor, *, eps_low: float, eps_high: float)
         "clip_frac": masked_mean((pg2 > pg1).float(), x.onpolicy),
         "ratio_mean": masked_mean(ratio.detach(), x.onpolicy),
     }
-    return PolicyTerm(loss=torch.maximum(pg1, pg2), metrics=metrics)  # [N, S]
+    return PolicyTerm(loss=torch.maximum(pg1, pg2), metrics=metrics, ratio=ratio)  # [N, S]
 
 
 def finish(term: PolicyTerm, x: Prepared, config: Regularisers) -> LossOutput:
@@ -187,12 +197,15 @@ def finish(term: PolicyTerm, x: Prepared, config: Regularisers) -> LossOutput:
     Args:
         term: the loss's per-token ``ℓ_pg`` and its own metrics.
         x: the prepared inputs.
-        config: the loss's Config: ``kl_coef`` (0 = off), ``kl_estimator`` (``k1``, ``k2`` or ``k3``) and
-            ``entropy_coef`` (0 = off).
+        config: the loss's Config: ``kl_coef`` (0 = off), ``kl_estimator`` (see ``lmix_core.ops.kl``),
+            ``kl_importance`` (``none`` or ``ratio``) and ``entropy_coef`` (0 = off).
 
     Returns:
-        The scalar loss ``Σ w · ℓ_total`` and the metrics: the term's, plus ``kl`` (when on) and ``entropy`` (when
-        given).
+        The scalar loss ``Σ w · ℓ_total`` and the metrics: the term's, plus ``kl`` (when on: the mean estimate,
+        not importance-weighted) and ``entropy`` (when given).
+
+    Raises:
+        LmixError: ``kl_importance = "ratio"`` with a term that carries no ratio.
     """
     metrics = dict(term.metrics)
     total = apply_shaping(
@@ -200,7 +213,15 @@ def finish(term: PolicyTerm, x: Prepared, config: Regularisers) -> LossOutput:
     )  # [N, S]
     if config.kl_coef > 0 and x.ref_logp is not None:
         kl = kl_penalty(x.logp, x.ref_logp, config.kl_estimator)  # [N, S]
-        total = total + config.kl_coef * kl  # [N, S]
+        weighted = kl  # [N, S]
+        if config.kl_importance == "ratio":
+            if term.ratio is None:
+                raise LmixError(
+                    "kl_importance = 'ratio' needs the loss's importance ratio, but its term has none"
+                )
+            rho = torch.where(x.shaped, torch.ones_like(kl), term.ratio.expand_as(kl))  # [N, S]
+            weighted = kl * rho  # [N, S]
+        total = total + config.kl_coef * weighted  # [N, S]
         metrics["kl"] = masked_mean(kl.detach(), x.mask)
     if x.entropy is not None:
         if config.entropy_coef > 0:

@@ -6,6 +6,9 @@ Plugin authors call :func:`check_loss` on an instance from their own tests, or d
 
 Checks:
     * ``token_weights``: ``[N, S]`` float32, finite, >= 0, 0 outside the mask; padding columns change nothing;
+    * data-parallel counts: ``counts = StepCounts.of(mask)`` changes nothing, and with the rows split unequally
+      over W ranks and ``counts`` summed over them, the ranks' weights concatenated and divided by W equal the
+      one-process weights (backends average gradients over ranks, so the step's gradient is the global batch's);
     * the loss is a finite 0-dim tensor with a finite gradient; metrics are detached, finite 0-dim tensors;
     * tokens outside the mask (weight 0) change nothing, neither the loss nor any gradient, whatever they hold;
     * the loss is linear in ``token_weights`` (it is ``Σ w · ℓ``);
@@ -30,6 +33,7 @@ from torch import Tensor
 
 from lmix_core.errors import LmixError
 from lmix_core.interfaces.loss import PolicyLoss
+from lmix_core.ops.aggregation import StepCounts
 from lmix_core.testing import _suite
 from lmix_core.types import LossInputs
 
@@ -146,6 +150,29 @@ def check_token_weights(loss: PolicyLoss) -> None:
     wide = loss.token_weights(torch.cat([pad, case.mask, pad], dim=1), max_len=_MAX_LEN)
     torch.testing.assert_close(
         wide[:, 2:-2], w, rtol=1e-6, atol=1e-7, msg=lambda m: _msg(loss, "token_weights padding", m)
+    )
+
+
+def check_step_counts(loss: PolicyLoss) -> None:
+    """Weights from the summed counts of a data-parallel split, divided by W, are the one-process weights."""
+    case = make_case(11)
+    whole = loss.token_weights(case.mask, max_len=_MAX_LEN)
+    try:
+        local = loss.token_weights(case.mask, max_len=_MAX_LEN, counts=StepCounts.of(case.mask))
+    except TypeError as e:
+        _fail(loss, "step counts", f"token_weights must accept counts=StepCounts | None ({e})")
+    torch.testing.assert_close(
+        local, whole, rtol=1e-6, atol=1e-8, msg=lambda m: _msg(loss, "step counts (own counts)", m)
+    )
+    # Three ranks with 1, 3 and 2 rows (the empty row of make_case lands on the second rank).
+    bounds = (0, 1, 4, case.mask.shape[0])
+    parts = [case.mask[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    counts = StepCounts.of(parts[0]) + StepCounts.of(parts[1]) + StepCounts.of(parts[2])
+    if counts.ranks != len(parts):
+        _fail(loss, "step counts", "internal: summed counts must have ranks = number of parts")
+    split = torch.cat([loss.token_weights(p, max_len=_MAX_LEN, counts=counts) for p in parts])  # [N, S]
+    torch.testing.assert_close(
+        split / counts.ranks, whole, rtol=1e-6, atol=1e-8, msg=lambda m: _msg(loss, "step counts (split)", m)
     )
 
 
@@ -320,6 +347,7 @@ def check_empty_microbatch(loss: PolicyLoss) -> None:
 
 LOSS_CHECKS: tuple[Callable[[PolicyLoss], None], ...] = (
     check_token_weights,
+    check_step_counts,
     check_finite_scalar,
     check_masked_tokens_ignored,
     check_linear_in_weights,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lmix_core.interfaces.loss import PolicyLoss
-from lmix_core.ops.aggregation import aggregation_weights
+from lmix_core.ops.aggregation import StepCounts, aggregation_weights
 from lmix_core.registries import losses
 from lmix_core.testing.loss import check_loss, parametrize_with_checks
 from lmix_core.types import LossInputs, LossOutput
@@ -27,6 +27,14 @@ VARIANTS = [
     ("gspo", {"eps_low": 0.2, "eps_high": 0.2, "agg": "token-mean"}),
     ("pg", {"form": "logp", "agg": "seq-mean-token-sum-norm"}),
     ("pg", {"entropy_coef": 0.001}),
+    ("pg", {"agg": "token-sum-norm", "kl_coef": 0.1, "kl_estimator": "k1+", "kl_importance": "ratio"}),
+    (
+        "ppo_clip",
+        {"kl_coef": 0.04, "kl_importance": "ratio", "agg": "seq-mean-token-mean", "agg_rows": "all"},
+    ),
+    ("ppo_clip", {"kl_coef": 0.04, "kl_estimator": "k3+", "dual_clip": 3.0, "agg": "token-sum"}),
+    ("gspo", {"kl_coef": 0.04, "kl_importance": "ratio", "agg_rows": "all"}),
+    ("gspo", {"agg": "seq-mean-token-sum-norm", "agg_rows": "all"}),
 ]
 
 
@@ -47,8 +55,8 @@ class _Base(PolicyLoss):
     class Config:
         pass
 
-    def token_weights(self, mask: Tensor, /, *, max_len: int) -> Tensor:
-        return aggregation_weights(mask, "token-mean", max_len)
+    def token_weights(self, mask: Tensor, /, *, max_len: int, counts: StepCounts | None = None) -> Tensor:
+        return aggregation_weights(mask, "token-mean", max_len, counts)
 
 
 @final
@@ -81,9 +89,31 @@ class IgnoresOffpolicy(_Base):
         return LossOutput(loss=torch.where(m, -inputs.advantages * ratio * inputs.token_weights, 0.0).sum())
 
 
+@final
+class IgnoresCounts(PolicyLoss):
+    """Normalises by its own rank's tokens even when given the step's global counts."""
+
+    @attrs.frozen
+    class Config:
+        pass
+
+    def token_weights(self, mask: Tensor, /, *, max_len: int, counts: StepCounts | None = None) -> Tensor:
+        return aggregation_weights(mask, "token-mean", max_len)
+
+    def __call__(self, inputs: LossInputs, /) -> LossOutput:
+        m = inputs.mask
+        ratio = torch.exp(torch.where(m, inputs.logp - inputs.old_logp, 0.0))
+        return LossOutput(loss=torch.where(m, -inputs.advantages * ratio * inputs.token_weights, 0.0).sum())
+
+
 @pytest.mark.parametrize(
     ("broken", "what"),
-    [(MicroBatchMean, "linear"), (NoMasking, "masked tokens"), (IgnoresOffpolicy, "offpolicy")],
+    [
+        (MicroBatchMean, "linear"),
+        (NoMasking, "masked tokens"),
+        (IgnoresOffpolicy, "offpolicy"),
+        (IgnoresCounts, "step counts"),
+    ],
 )
 def test_suite_catches_broken_losses(broken, what):
     """The suite fails, naming the check, for losses that break the contract."""

@@ -37,7 +37,7 @@ def test_luffy_aggregation_by_hand():
     """HPT/LUFFY's Σ m ℓ / L_max: rows of 2 and 1 tokens at ρ = 1 with Â = (1 | −2), L = 4 → (−1 −1 + 2)/4 = 0."""
     mask = torch.tensor([[True, True], [True, False]])
     loss, _, grad, _ = run(
-        pg(agg="seq-mean-token-sum-norm"),
+        pg(agg="token-sum-norm"),
         t([[0.0, 0.0], [0.0, 0.0]]),
         t([[0.0, 0.0], [0.0, 0.0]]),
         t([[1.0, 1.0], [-2.0, 0.0]]),
@@ -69,7 +69,7 @@ def test_forms_agree_at_first_inner_step(batch):
 def test_offpolicy_tokens_by_hand():
     """LUFFY's shaping on a forced token: p = 0.25, γ = 0.1, Â = 1 → ℓ = −0.25/0.35 = −0.7142857 (sum-norm, L = 1)."""
     loss, _, grad, _ = run(
-        pg(agg="seq-mean-token-sum-norm"),
+        pg(agg="token-sum-norm"),
         torch.log(t([[0.25]])),
         t([[-9.0]]),
         t([[1.0]]),
