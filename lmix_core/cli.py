@@ -1,8 +1,8 @@
 """The ``lmix`` command (also ``python -m lmix``).
 
-Subcommands: ``components`` and ``validate`` live here; ``run``, ``demo``, ``eval``, ``plot`` and ``convert``
-dispatch to functions in other modules, imported only when the subcommand runs (so ``lmix components`` never
-imports torch, megatron or any component module).
+Subcommands: ``components`` and ``validate`` live here; ``run``, ``demo``, ``recipes``, ``eval``, ``plot`` and
+``convert`` dispatch to functions in other modules, imported only when the subcommand runs (so ``lmix components``
+never imports torch, megatron or any component module).
 
 Exit status: 0 success; 1 an error lmix raised on purpose (the message is printed, no traceback); 2 a recipe
 problem or a usage error. ``LMIX_DEBUG=1`` re-raises instead, with the traceback.
@@ -26,6 +26,7 @@ from lmix_core.errors import LmixError, RecipeError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lmix_core.train.run", "run_command"),
     "demo": ("lmix_core.demo.command", "demo_command"),
+    "recipes": ("lmix_core.shipped_recipes", "recipes_command"),
     "eval": ("lmix_core.evaluation", "eval_command"),
     "plot": ("lmix_core.plotting", "plot_command"),
     "convert": ("lmix_megatron.convert", "convert_command"),
@@ -195,7 +196,11 @@ def _split_targets(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    """``lmix validate RECIPE... [KEY=VALUE...]``: 0 when every recipe is valid, 2 otherwise."""
+    """``lmix validate RECIPE... [KEY=VALUE...] [--no-data]``: 0 when every recipe is valid, 2 otherwise.
+
+    Besides the recipe itself, its data is read and checked (files, columns, prompt template, demonstrations for
+    the mixer: :func:`~lmix_core.data.checks.load_recipe_data`) unless ``--no-data``; no model is loaded.
+    """
     from lmix_core.recipe import load_recipe
 
     recipes, overrides = _split_targets([*args.targets, *args.overrides])
@@ -209,6 +214,16 @@ def validate_command(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             status = 2
             continue
+        if not args.no_data:
+            from lmix_core.data.checks import load_recipe_data
+            from lmix_core.data.errors import DataError
+
+            try:
+                load_recipe_data(recipe)
+            except DataError as exc:
+                print(f"{path}: data problem:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
+                status = 2
+                continue
         print(f"ok: {path} ({recipe.summary()})")
         if args.resolved:
             print(recipe.to_toml())
@@ -322,11 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="validate recipes without building anything",
-        description="Validate recipes (every problem at once) without building any model. Positional arguments "
-        "containing '=' are overrides applied to every recipe.",
+        description="Validate recipes (every problem at once) and read their data, without building any model. "
+        "Positional arguments containing '=' are overrides applied to every recipe.",
     )
     p.add_argument("targets", nargs="+", metavar="RECIPE [KEY=VALUE ...]")
     p.add_argument("--resolved", action="store_true", help="also print the fully resolved recipe as TOML")
+    p.add_argument(
+        "--no-data",
+        action="store_true",
+        help="do not read the data files (by default their columns, template and demonstrations are checked)",
+    )
     p.set_defaults(handler=validate_command, overrides=[])
 
     p = sub.add_parser(
@@ -346,9 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a shorter RL stage, as a smoke test")
     p.set_defaults(handler=_dispatch("demo"))
 
-    p = sub.add_parser("eval", help="evaluate a trained model or run directory on held-out data")
+    p = sub.add_parser(
+        "recipes",
+        help="list the recipes shipped in the package, or print one",
+        description="List the shipped recipes (SET:NAME, e.g. demo:grpo_logit_average: `lmix run` and `lmix "
+        "validate` take these names from any directory), or print one to start a recipe of your own.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="a shipped recipe to print, e.g. demo:grpo")
+    p.set_defaults(handler=_dispatch("recipes"))
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained model or run directory on held-out data",
+        description="Evaluate a run directory (with its own recipe) or a Hugging Face model directory on held-out "
+        "questions. The data options are the [data] fields of the same names; trailing KEY=VALUE arguments "
+        "override the recipe (e.g. eval.max_new_tokens=512).",
+    )
     p.add_argument("target", metavar="MODEL_OR_RUN", help="a run directory or a Hugging Face model directory")
-    p.add_argument("--data", metavar="FILE", help="held-out questions (jsonl/json/parquet)")
+    p.add_argument(
+        "--data", metavar="FILE", help="held-out questions (jsonl/json/csv/parquet file or folder)"
+    )
+    p.add_argument(
+        "--recipe", metavar="RECIPE", help="take rewards, data and eval settings from this recipe instead"
+    )
     p.add_argument(
         "--rewards", metavar="NAMES", help="comma-separated reward names (default: the run's, or math)"
     )
@@ -357,7 +397,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--deploy", choices=("auto", "combined", "policy"), default="auto", help="distribution to sample"
     )
     p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
-    p.set_defaults(handler=_dispatch("eval"))
+    p.add_argument(
+        "--completions",
+        metavar="FILE",
+        help="write every prompt, completion, extracted answer, gold answer and verdict to this jsonl file",
+    )
+    d = p.add_argument_group("data options (the [data] fields of the same names)")
+    d.add_argument(
+        "--adapter",
+        choices=("none", "math", "gsm8k", "numina_cn_k12", "mmlu"),
+        help="the dataset's schema; none reads the column options below",
+    )
+    d.add_argument("--format", choices=("auto", "json", "csv", "parquet"), help="file format (default: auto)")
+    d.add_argument("--prompt-column", metavar="COL", help="problem text column (adapter none)")
+    d.add_argument("--answer-column", metavar="COL", help="reference answer column (adapter none)")
+    d.add_argument(
+        "--demonstration-column", metavar="COL", help="worked solution column (adapter none), or 'none'"
+    )
+    d.add_argument("--metadata-columns", metavar="A,B", help="further columns for the prompt template")
+    d.add_argument("--prompt-template", metavar="TEXT", help="format string containing {prompt}")
+    d.add_argument("--system-prompt", metavar="TEXT", help="system message")
+    d.add_argument("--chat-template", choices=("auto", "none"), help="apply the tokenizer's chat template")
+    d.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions")
+    p.set_defaults(handler=_dispatch("eval"), overrides=[])
 
     p = sub.add_parser("plot", help="plot reward, accuracy and loss curves of runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -1,13 +1,17 @@
 """Held-out evaluation: pass@1 and pass@k, format rate, mean NLL of the demonstrations, for either deployment.
 
 ``lmix eval MODEL_OR_RUN --data FILE`` runs it on a saved model or a run directory.
+
+Results are strict JSON (``eval.jsonl``, ``summary.json``, ``--out``): a value that is undefined is ``null``, never
+``NaN``: ``nll`` when no held-out example has a demonstration, and ``pass@1``, ``pass@k`` and ``reward_mean`` when
+there is no example.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +51,20 @@ def evaluate(
     distribution: str,
     seed: int = 0,
     step: int = 0,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on ``examples``; every rank evaluates its own shard and the means are averaged.
 
+    Args:
+        on_sample: called with one record per completion (this rank's): ``index`` (the example's row), ``sample``,
+            ``prompt`` (as rendered), ``completion``, ``answer`` (what the first correctness verifier that has an
+            ``extract`` method reads from the completion, else ``null``), ``gold``, ``correct``, ``reward`` and
+            ``verdicts`` (``name: reason`` of every verifier).
+
     Returns:
         ``pass@1``, ``pass@k`` (k = ``config.samples``), ``format_rate`` (when a format verifier is configured),
-        ``reward_mean``, ``nll`` (token-mean NLL of the demonstrations under the policy alone), ``n``.
+        ``reward_mean``, ``nll`` (token-mean NLL of the demonstrations under the policy alone), ``n``; an undefined
+        value is ``None`` (see the module docstring).
     """
     tok = backend.tokenizer
     if config.max_examples:
@@ -80,11 +92,26 @@ def evaluate(
             )
         )
         exs = [examples[i] for i, _ in chunk]
-        scored = rewards.score(
-            exs, [render(tok, e) for e in exs], gen.completions, gen.tokens.loss_mask.sum(-1).tolist()
-        )
+        texts = [render(tok, e) for e in exs]
+        scored = rewards.score(exs, texts, gen.completions, gen.tokens.loss_mask.sum(-1).tolist())
         for (i, s), ok in zip(chunk, scored.correct.tolist()):
             correct[i, s] = float(ok)
+        if on_sample is not None:
+            extract = _extractor(rewards)
+            for j, (i, s) in enumerate(chunk):
+                on_sample(
+                    {
+                        "index": examples[i].index,
+                        "sample": s,
+                        "prompt": texts[j],
+                        "completion": gen.completions[j],
+                        "answer": None if extract is None else extract(gen.completions[j]),
+                        "gold": examples[i].answer,
+                        "correct": bool(scored.correct[j]),
+                        "reward": float(scored.rewards[j]),
+                        "verdicts": list(scored.reasons[j]),
+                    }
+                )
         reward_sum += float(scored.rewards.sum())
         if scored.format_rate is not None:
             fmt_sum += scored.format_rate * len(chunk)
@@ -93,14 +120,30 @@ def evaluate(
     out: dict[str, Any] = {
         "n": len(examples),
         "pass@1": float(correct.mean()) if len(examples) else float("nan"),
-        f"pass@{k}": sum(pass_at_k(k, int(ci), k) for ci in c.tolist()) / max(len(examples), 1),
-        "reward_mean": reward_sum / max(len(rows), 1),
+        f"pass@{k}": (
+            sum(pass_at_k(k, int(ci), k) for ci in c.tolist()) / len(examples) if examples else float("nan")
+        ),
+        "reward_mean": reward_sum / len(rows) if rows else float("nan"),
         "nll": _demo_nll(backend, examples, prompts),
     }
     if fmt_n:
         out["format_rate"] = fmt_sum / fmt_n
     means = backend.all_mean({k2: v for k2, v in out.items() if isinstance(v, float)})
-    return out | means
+    return finite_or_none(out | means)
+
+
+def finite_or_none(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` with every NaN or infinite float replaced by ``None`` (written as JSON ``null``)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+def _extractor(rewards: Any) -> Callable[[str], str | None] | None:
+    """The ``extract(completion)`` of the first correctness verifier that has one (the ``math`` verifier does)."""
+    for _, verifier, _ in getattr(rewards, "named", ()):
+        extract = getattr(verifier, "extract", None)
+        if verifier.role == "correctness" and callable(extract):
+            return extract
+    return None
 
 
 def _demo_nll(
@@ -123,54 +166,133 @@ def _demo_nll(
 
 def append_eval(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / "eval.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
+
+
+#: ``lmix eval`` options that set a ``[data]`` field, as ``option dest -> field``.
+DATA_OPTIONS: Mapping[str, str] = {
+    "adapter": "adapter",
+    "format": "format",
+    "prompt_column": "prompt_column",
+    "answer_column": "answer_column",
+    "demonstration_column": "demonstration_column",
+    "metadata_columns": "metadata_columns",
+    "prompt_template": "prompt_template",
+    "system_prompt": "system_prompt",
+    "chat_template": "chat_template",
+    "limit": "eval_limit",
+}
 
 
 def eval_command(args: Any) -> int:
-    """``lmix eval MODEL_OR_RUN [--data FILE] [--rewards a,b] [--samples K] [--deploy D] [--out FILE]``.
+    """``lmix eval MODEL_OR_RUN [--data FILE] [--recipe RECIPE] [data options] [--rewards a,b] [--samples K]
+    [--deploy D] [--out FILE] [--completions FILE] [KEY=VALUE ...]``.
 
     A run directory (it holds ``recipe.toml`` and ``model/``) is evaluated with its own recipe's rewards,
-    references and prompt format; a bare model directory with the ``hf`` backend and ``--rewards`` (default
-    ``math``). ``--data`` replaces the held-out file.
+    references, data settings and prompt format; a bare model directory with the ``hf`` backend, ``--rewards``
+    (default ``math``) and default data settings; ``--recipe`` replaces either recipe. ``--data`` replaces the
+    held-out file, and the data options (``--adapter``, ``--prompt-column``, ``--prompt-template``, ...) replace
+    the ``[data]`` fields of the same names (``--limit`` is ``eval_limit``). The data is read and checked before
+    the model loads, and its errors name these options.
     """
+    import attrs
+
+    from lmix_core.data.loading import Names, load_examples, read_table
     from lmix_core.errors import LmixError
     from lmix_core.recipe import load_recipe
     from lmix_core.train.run import evaluate_saved
 
     target = Path(args.target)
-    overrides: list[str] = []
-    if args.data:
-        overrides.append(f"data.eval={json.dumps(str(Path(args.data).resolve()))}")
+    overrides: list[str] = list(getattr(args, "overrides", None) or ())
     if args.samples:
-        overrides += [f"eval.samples={int(args.samples)}", "eval.temperature=1.0"]
-    if (target / "recipe.toml").exists() and (target / "model").exists():
-        recipe_path, model_dir = target / "recipe.toml", target / "model"
+        overrides = [f"eval.samples={int(args.samples)}", "eval.temperature=1.0", *overrides]
+    data_file = str(Path(args.data).resolve()) if args.data else None
+    is_run = (target / "recipe.toml").exists() and (target / "model").exists()
+    if is_run:
+        model_dir = target / "model"
     elif (target / "config.json").exists():
-        if not args.data:
-            raise LmixError("lmix eval: a bare model directory needs --data FILE (the held-out questions)")
-        names = [n for n in (args.rewards or "math").split(",") if n]
-        body = ["schema = 1", "[backend]", 'type = "hf"', f"model = {json.dumps(str(target.resolve()))}"]
-        for n in names:
-            body += ["[[rewards]]", f"type = {json.dumps(n)}"]
-        data = json.dumps(str(Path(args.data).resolve()))
-        body += ["[train]", "steps = 1", "[data]", f"train = {data}", f"eval = {data}"]
-        import tempfile
-
-        tmp = Path(tempfile.mkdtemp(prefix="lmix-eval-"))
-        recipe_path = tmp / "eval.toml"
-        recipe_path.write_text("\n".join(body) + "\n")
         model_dir = target
     else:
         raise LmixError(
-            f"lmix eval: {str(target)!r} is neither a run directory (recipe.toml + model/) nor a Hugging Face model "
+            f"{str(target)!r} is neither a run directory (recipe.toml + model/) nor a Hugging Face model "
             f"directory (config.json)"
         )
+    if args.recipe:
+        recipe_path = Path(args.recipe)
+    elif is_run:
+        recipe_path = target / "recipe.toml"
+    else:
+        if data_file is None:
+            raise LmixError("a bare model directory needs --data FILE (the held-out questions), or --recipe")
+        recipe_path = _bare_recipe(target, args.rewards or "math", data_file)
     recipe = load_recipe(recipe_path, tuple(overrides))
-    result = evaluate_saved(
-        recipe, model_dir, distribution=None if args.deploy in (None, "auto") else args.deploy
-    )
-    text = json.dumps(result, indent=2)
+
+    changes = {
+        field: getattr(args, dest)
+        for dest, field in DATA_OPTIONS.items()
+        if getattr(args, dest, None) is not None
+    }
+    if isinstance(changes.get("metadata_columns"), str):
+        changes["metadata_columns"] = tuple(c for c in changes["metadata_columns"].split(",") if c)
+    if changes.get("demonstration_column") == "none":
+        changes["demonstration_column"] = None
+    if data_file is not None:
+        changes["eval"] = data_file
+    names = Names(train="--data", eval="--data", cli=True) if data_file is not None else Names()
+    try:
+        data = attrs.evolve(recipe.data, **changes)
+    except (TypeError, ValueError) as exc:
+        raise LmixError(f"data options: {exc}") from None
+    if data.eval is None:
+        data = attrs.evolve(data, eval=data.train)
+    if (
+        data_file is not None
+        and data.adapter == "none"
+        and data.demonstration_column is not None
+        and args.demonstration_column is None
+        and data.demonstration_column
+        not in read_table(data_file, fmt=data.format, field="eval", names=names).column_names
+    ):
+        data = attrs.evolve(
+            data, demonstration_column=None
+        )  # demonstrations are optional here (nll is then null)
+    examples = load_examples(data, "eval", names=names)
+    recipe = attrs.evolve(recipe, data=data)
+
+    writer = None
+    if args.completions:
+        writer = open(args.completions, "w")  # noqa: SIM115 - closed below
+
+    def on_sample(record: dict[str, Any]) -> None:
+        writer.write(json.dumps(finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n")
+
+    try:
+        result = evaluate_saved(
+            recipe,
+            model_dir,
+            distribution=None if args.deploy in (None, "auto") else args.deploy,
+            examples=examples,
+            on_sample=None if writer is None else on_sample,
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+    text = json.dumps(finite_or_none(result), indent=2, allow_nan=False)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
+
+
+def _bare_recipe(model: Path, rewards: str, data_file: str) -> Path:
+    """A recipe file for evaluating a bare model directory: the ``hf`` backend, the named rewards, the data file."""
+    import tempfile
+
+    body = ["schema = 1", "[backend]", 'type = "hf"', f"model = {json.dumps(str(model.resolve()))}"]
+    for name in (n for n in rewards.split(",") if n):
+        body += ["[[rewards]]", f"type = {json.dumps(name)}"]
+    data = json.dumps(data_file)
+    body += ["[train]", "steps = 1", "[data]", f"train = {data}", f"eval = {data}"]
+    path = Path(tempfile.mkdtemp(prefix="lmix-eval-")) / "eval.toml"
+    path.write_text("\n".join(body) + "\n")
+    return path

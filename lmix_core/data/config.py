@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
-Format = Literal["auto", "json", "parquet"]
+Format = Literal["auto", "json", "csv", "parquet"]
 AdapterName = Literal["none", "math", "gsm8k", "numina_cn_k12", "mmlu"]
 ChatTemplate = Literal["auto", "none"]
 
@@ -42,10 +42,11 @@ class DataConfig:
     """Where the train/eval problems are and how their rows become :class:`~lmix_core.data.example.Example`.
 
     Attributes:
-        train: local ``.jsonl``/``.json``/``.parquet`` file, or a folder of such files (read in name order).
-            Relative paths are resolved by the recipe loader against the recipe's folder.
+        train: local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, or a folder of such files (read in name
+            order). Relative paths are resolved by the recipe loader against the recipe's folder.
         eval: held-out problems, same rules; ``None``: no held-out evaluation.
-        format: ``auto`` picks by extension (``.jsonl`` and ``.json`` are ``json``); or force ``json``/``parquet``.
+        format: ``auto`` picks by extension (``.jsonl`` and ``.json`` are ``json``, ``.csv`` is ``csv`` with a
+            header row); or force ``json``/``csv``/``parquet``.
         adapter: ``none`` reads the columns named below; ``math``, ``gsm8k``, ``numina_cn_k12`` and ``mmlu`` read
             those datasets' native columns (see ``docs/data.md``) and ignore the three column names.
         prompt_column: column holding the problem text (adapter ``none``).
@@ -72,7 +73,9 @@ class DataConfig:
     eval: str | None = attrs.field(
         default=None, validator=attrs.validators.optional([attrs.validators.instance_of(str), _non_empty])
     )
-    format: Format = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "json", "parquet")))
+    format: Format = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "json", "csv", "parquet"))
+    )
     adapter: AdapterName = attrs.field(
         default="none", validator=attrs.validators.in_(("none", "math", "gsm8k", "numina_cn_k12", "mmlu"))
     )

@@ -1,7 +1,10 @@
-"""Read local jsonl/json/parquet files with ``datasets`` into Examples, and render prompts.
+"""Read local jsonl/json/csv/parquet files with ``datasets`` into Examples, and render prompts.
 
-Only the packaged ``json`` and ``parquet`` builders are used, on files checked to exist, so nothing is fetched from
-the hub (a test runs the loader with sockets disabled).
+Only the packaged ``json``, ``csv`` and ``parquet`` builders are used, on files checked to exist, so nothing is
+fetched from the hub (a test runs the loader with sockets disabled).
+
+Every error names the setting the way the user wrote it: ``data.train`` and ``data.adapter`` for a recipe,
+``--data`` and ``--adapter`` for ``lmix eval`` (:class:`Names`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import random
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,21 +29,53 @@ from lmix_core.data.example import Example
 
 logger = logging.getLogger(__name__)
 
-_EXTENSIONS: Mapping[str, str] = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_EXTENSIONS: Mapping[str, str] = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_KINDS = ".jsonl, .json, .csv or .parquet"
 
 
-def _files(source: str, fmt: str, field: str) -> tuple[str, list[Path]]:
+@attrs.frozen(kw_only=True)
+class Names:
+    """How the user wrote the data settings, so that an error names what they typed.
+
+    Attributes:
+        train: how the training file was given.
+        eval: how the held-out file was given.
+        cli: settings are command-line options (``--adapter gsm8k``) rather than ``[data]`` keys
+            (``data.adapter = "gsm8k"``).
+    """
+
+    train: str = "data.train"
+    eval: str = "data.eval"
+    cli: bool = False
+
+    def setting(self, key: str) -> str:
+        """``data.adapter`` or ``--adapter``."""
+        return "--" + key.replace("_", "-") if self.cli else f"data.{key}"
+
+    def assign(self, key: str, value: str) -> str:
+        """``data.adapter = "gsm8k"`` or ``--adapter gsm8k``."""
+        return f"{self.setting(key)} {value}" if self.cli else f'data.{key} = "{value}"'
+
+    def source(self, split: str) -> str:
+        return self.train if split == "train" else self.eval
+
+
+RECIPE_NAMES = Names()
+"""The names of a recipe's ``[data]`` table."""
+
+
+def _files(source: str, fmt: str, label: str, names: Names) -> tuple[str, list[Path]]:
     """The builder name and the files to read for one ``[data]`` path."""
     path = Path(source).expanduser()
     if not path.exists():
+        where = "" if names.cli else " (relative paths are resolved against the recipe's folder)"
         raise DataError(
-            f"data.{field}: {str(path)!r} does not exist; give a local .jsonl, .json or .parquet file or a folder "
-            "of them (relative paths are resolved against the recipe's folder)"
+            f"{label}: {str(path)!r} does not exist; give a local {_KINDS} file or a folder of them{where}"
         )
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _EXTENSIONS)
         if not files:
-            raise DataError(f"data.{field}: folder {str(path)!r} holds no .jsonl, .json or .parquet file")
+            raise DataError(f"{label}: folder {str(path)!r} holds no {_KINDS} file")
     else:
         files = [path]
     if fmt != "auto":
@@ -47,42 +83,95 @@ def _files(source: str, fmt: str, field: str) -> tuple[str, list[Path]]:
     kinds = {_EXTENSIONS.get(p.suffix) for p in files}
     if None in kinds or len(kinds) != 1:
         raise DataError(
-            f"data.{field}: cannot tell the format of {[p.name for p in files]!r} from their extensions; "
-            "set data.format to 'json' or 'parquet'"
+            f"{label}: cannot tell the format of {[p.name for p in files]!r} from their extensions; "
+            f"set {names.setting('format')} to 'json' (JSON lines or a JSON array), 'csv' (a header row) or "
+            "'parquet'"
         )
     return kinds.pop(), files  # type: ignore[return-value]
 
 
+def _known_schema(columns: Sequence[str]) -> str | None:
+    """The adapter whose dataset these columns look like, or None.
+
+    MMLU (``question``, ``choices``, ``answer``) is told from GSM8K (``question``, ``answer``) by ``choices``, and
+    NuminaMath's cn-k12 (``problem``, ``solution``, ``source``) from MATH (``problem``, ``solution``) by ``source``.
+    """
+    have = set(columns)
+    if {"question", "choices", "answer"} <= have:
+        return "mmlu"
+    if {"question", "answer"} <= have:
+        return "gsm8k"
+    if {"problem", "solution", "source"} <= have:
+        return "numina_cn_k12"
+    if {"problem", "solution"} <= have:
+        return "math"
+    return None
+
+
+_SCHEMA_TITLES: Mapping[str, str] = {
+    "mmlu": "MMLU",
+    "gsm8k": "GSM8K",
+    "numina_cn_k12": "NuminaMath cn-k12",
+    "math": "MATH",
+}
+
+
 def _missing_columns_error(
-    field: str, source: str, missing: Sequence[str], available: Sequence[str], *, text: bool = False
+    label: str,
+    source: str,
+    missing: Sequence[str],
+    available: Sequence[str],
+    *,
+    names: Names,
+    adapter: str,
+    text: bool = False,
 ) -> DataError:
-    lines = [f"data.{field}: {source!r} has no column {', '.join(repr(m) for m in missing)}"]
+    lines = [f"{label}: {source!r} has no column {', '.join(repr(m) for m in missing)}"]
     lines.append(f"  its columns: {', '.join(available) or 'none'}")
+    schema = None if text else _known_schema(available)
+    if schema is not None and schema != adapter:
+        lines.append(
+            f"  these are the columns of the {_SCHEMA_TITLES[schema]} dataset: set "
+            f"{names.assign('adapter', schema)} to read them"
+        )
     for name in missing:
-        close = difflib.get_close_matches(name, list(available), n=1, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(available), n=1, cutoff=0.75)
         if close:
             lines.append(f"  did you mean {close[0]!r} instead of {name!r}?")
     if text:
-        lines.append("  set data.text_column to the column holding the documents")
+        lines.append(f"  set {names.setting('text_column')} to the column holding the documents")
+    elif schema is not None and schema != adapter:
+        pass  # the adapter line above says what to set
+    elif adapter == "none":
+        columns = " / ".join(
+            names.setting(k) for k in ("prompt_column", "answer_column", "demonstration_column")
+        )
+        lines.append(f"  set {columns}, or pick {names.setting('adapter')} ({', '.join(_SCHEMA_TITLES)})")
     else:
         lines.append(
-            "  set data.prompt_column / answer_column / demonstration_column, or pick a data.adapter"
+            f"  the {adapter!r} adapter reads its dataset's own columns: pick another {names.setting('adapter')}, "
+            f"or {names.assign('adapter', 'none')} with the column settings"
         )
     return DataError("\n".join(lines))
 
 
 def read_table(
-    source: str, *, fmt: Literal["auto", "json", "parquet"] = "auto", field: str = "train"
+    source: str,
+    *,
+    fmt: Literal["auto", "json", "csv", "parquet"] = "auto",
+    field: str = "train",
+    names: Names = RECIPE_NAMES,
 ) -> datasets.Dataset:
     """Load a local file or folder as one ``datasets.Dataset`` (rows in file order, files in name order).
 
     Raises:
         DataError: missing path, unknown format, unreadable file.
     """
-    builder, files = _files(source, fmt, field)
+    label = names.source(field)
+    builder, files = _files(source, fmt, label, names)
     files = [p for p in files if not _is_empty(p, builder)]
     if not files:
-        raise DataError(f"data.{field}: {source!r} has no rows")
+        raise DataError(f"{label}: {source!r} has no rows")
     bars_were_off = datasets.utils.are_progress_bars_disabled()
     datasets.utils.disable_progress_bars()
     try:
@@ -90,7 +179,7 @@ def read_table(
     except Exception as exc:  # datasets raises many types for malformed files
         cause = exc.__cause__ or exc
         raise DataError(
-            f"data.{field}: cannot read {source!r} as {builder}: {type(cause).__name__}: {cause}"
+            f"{label}: cannot read {source!r} as {builder}: {type(cause).__name__}: {cause}"
         ) from exc
     finally:
         if not bars_were_off:
@@ -98,7 +187,7 @@ def read_table(
 
 
 def _is_empty(path: Path, builder: str) -> bool:
-    """Whether a file holds no rows (an empty or blank json file, ``[]``, or a parquet file of 0 rows)."""
+    """Whether a file holds no rows (an empty or blank json/csv file, ``[]``, or a parquet file of 0 rows)."""
     if builder == "parquet":
         try:
             return pyarrow.parquet.ParquetFile(path).metadata.num_rows == 0
@@ -109,29 +198,42 @@ def _is_empty(path: Path, builder: str) -> bool:
     return head.strip() in (b"", b"[]") and path.stat().st_size <= len(head)
 
 
-def load_examples(config: DataConfig, split: Literal["train", "eval"]) -> list[Example]:
+def load_examples(
+    config: DataConfig, split: Literal["train", "eval"], *, names: Names = RECIPE_NAMES
+) -> list[Example]:
     """Read the ``train`` or ``eval`` problems of a ``[data]`` table.
 
     The training examples are shuffled once with ``config.shuffle_seed`` and cut to ``config.limit``; the eval
     examples keep file order and are cut to ``config.eval_limit``. ``Example.index`` is the row number in the
-    source either way.
+    source either way. Every example is checked against ``config.prompt_template`` (:func:`check_template`).
+
+    Args:
+        names: how the user wrote the settings, for the error messages (``lmix eval`` passes its options).
 
     Raises:
         DataError: no ``eval`` path for the eval split, a missing file or column (the message lists the columns
-            and suggests the closest), or no example left.
+            and names the adapter of a known dataset, or suggests the closest column), no example left, or a
+            template naming a field an example lacks.
     """
     source = config.train if split == "train" else config.eval
+    label = names.source(split)
     if source is None:
-        raise DataError("data.eval is not set, so there are no held-out examples; set data.eval to a file")
-    table = read_table(source, fmt=config.format, field=split)
+        raise DataError(f"{label} is not set, so there are no held-out examples; set {label} to a file")
+    table = read_table(source, fmt=config.format, field=split, names=names)
     if table.num_rows == 0:
-        raise DataError(f"data.{split}: {source!r} has no rows")
+        raise DataError(f"{label}: {source!r} has no rows")
     adapter = adapter_for(config)
     needed = (*adapter.required, *config.metadata_columns)
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise _missing_columns_error(
-            split, source, missing, table.column_names, text=config.text_column is not None
+            label,
+            source,
+            missing,
+            table.column_names,
+            names=names,
+            adapter=config.adapter,
+            text=config.text_column is not None,
         )
     extra = list(config.metadata_columns)
     examples: list[Example] = []
@@ -145,8 +247,8 @@ def load_examples(config: DataConfig, split: Literal["train", "eval"]) -> list[E
     skipped = table.num_rows - len(examples)
     if skipped:
         logger.warning(
-            "data.%s: skipped %d of %d rows of %r (%s)",
-            split,
+            "%s: skipped %d of %d rows of %r (%s)",
+            label,
             skipped,
             table.num_rows,
             source,
@@ -154,13 +256,41 @@ def load_examples(config: DataConfig, split: Literal["train", "eval"]) -> list[E
         )
     if not examples:
         raise DataError(
-            f"data.{split}: no usable example in {source!r}: the {adapter.name!r} adapter skipped all "
+            f"{label}: no usable example in {source!r}: the {adapter.name!r} adapter skipped all "
             f"{table.num_rows} rows ({adapter.skip_reason})"
         )
+    check_template(examples, config, label=label, names=names)
     if split == "train":
         random.Random(config.shuffle_seed).shuffle(examples)
         return examples[: config.limit]
     return examples[: config.eval_limit]
+
+
+def template_fields(config: DataConfig) -> set[str]:
+    """The fields ``config.prompt_template`` names besides ``{prompt}`` (metadata columns)."""
+    fields = {f for _, f, _, _ in string.Formatter().parse(config.prompt_template) if f is not None}
+    return fields - {"prompt"}
+
+
+def check_template(
+    examples: Sequence[Example], config: DataConfig, *, label: str, names: Names = RECIPE_NAMES
+) -> None:
+    """Raise :class:`DataError` when the prompt template names a field that some example's metadata lacks.
+
+    Run on every example at load time, so the mistake is reported by ``lmix validate`` and before any model loads,
+    rather than when the first prompt is rendered.
+    """
+    if config.text_column is not None:
+        return
+    fields = template_fields(config)
+    for example in examples:
+        lacking = sorted(fields - set(example.metadata))
+        if lacking:
+            raise DataError(
+                f"{names.setting('prompt_template')} names {{{lacking[0]}}}, which row {example.index} of {label} "
+                f"lacks (its fields: prompt{''.join(', ' + k for k in sorted(example.metadata))}); add the column to "
+                f"{names.setting('metadata_columns')}"
+            )
 
 
 def build_messages(example: Example, config: DataConfig) -> list[dict[str, str]]:

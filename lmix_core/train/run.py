@@ -23,16 +23,25 @@ def default_out_dir(recipe: Any) -> Path:
     return Path("runs") / f"{Path(recipe.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build(recipe: Any, out_dir: Path) -> Components:
-    """Build every component of a validated recipe, the backend last (it loads models)."""
-    from lmix_core.data.loading import load_examples, render_prompt
+def build(recipe: Any, out_dir: Path, *, data: Any = None) -> Components:
+    """Build every component of a validated recipe, the backend last (it loads models).
 
+    The data is read and checked first (:func:`~lmix_core.data.checks.load_recipe_data`), so its errors come before
+    any model loads; ``data`` (a :class:`~lmix_core.data.checks.RecipeData`) replaces that read.
+    """
+    from lmix_core.data.checks import load_recipe_data
+    from lmix_core.data.loading import render_prompt
+
+    data = load_recipe_data(recipe) if data is None else data
     combiner = recipe.combiner.build()
     advantage = recipe.advantage.build()
     loss = recipe.loss.build()
     mixer = recipe.mixer.build()
     suite = RewardSuite([(spec.name, spec.build(), spec.weight) for spec in recipe.rewards])
-    num_refs = max(combiner.num_references, 1 if loss.needs_ref_logp else 0)
+    # the first reference is the initial policy unless backend.references names another: a KL penalty in the loss
+    # or the reward, and a mixer's divergence-to-initial (sasr), all read it
+    needs_ref = loss.needs_ref_logp or mixer.needs_reference or recipe.train.kl_in_reward_coef > 0
+    num_refs = max(combiner.num_references, 1 if needs_ref else 0)
     context = BackendContext(
         combiner=combiner,
         num_references=num_refs,
@@ -42,8 +51,6 @@ def build(recipe: Any, out_dir: Path) -> Components:
         out_dir=out_dir,
     )
     backend = recipe.backend.cls(recipe.backend.config, context)
-    train_examples = load_examples(recipe.data, "train")
-    eval_examples = load_examples(recipe.data, "eval") if recipe.data.eval else []
     return Components(
         backend=backend,
         combiner=combiner,
@@ -55,8 +62,8 @@ def build(recipe: Any, out_dir: Path) -> Components:
         sampling=recipe.sampling,
         eval=recipe.eval,
         logging=recipe.logging,
-        train_examples=train_examples,
-        eval_examples=eval_examples,
+        train_examples=data.train,
+        eval_examples=data.eval,
         render_prompt=partial(render_prompt, config=recipe.data),
         resolved=recipe.resolved(),
         out_dir=out_dir,
@@ -160,13 +167,23 @@ def run_command(args: Any) -> int:
     return 0
 
 
-def evaluate_saved(recipe: Any, model_dir: Path, *, distribution: str | None = None) -> dict[str, Any]:
+def evaluate_saved(
+    recipe: Any,
+    model_dir: Path,
+    *,
+    distribution: str | None = None,
+    examples: Any = None,
+    on_sample: Any = None,
+) -> dict[str, Any]:
     """Evaluate a saved model under a recipe's components (rewards, eval settings, references).
 
     The recipe's ``backend.model`` becomes ``model_dir``; when the combiner needs references and the recipe names
     none, the recipe's original ``backend.model`` (the model training started from) is the reference, as it was
-    during training.
+    during training. ``examples`` (already read and checked) replace the recipe's data; ``on_sample`` is passed to
+    :func:`~lmix_core.evaluation.evaluate`.
     """
+    from lmix_core.data.checks import RecipeData
+
     import attrs
 
     cfg = recipe.backend.config
@@ -175,7 +192,8 @@ def evaluate_saved(recipe: Any, model_dir: Path, *, distribution: str | None = N
         recipe.backend, config=attrs.evolve(cfg, model=str(model_dir), references=refs)
     )
     recipe = attrs.evolve(recipe, backend=backend_spec)
-    parts = build(recipe, model_dir.parent)
+    data = None if examples is None else RecipeData(train=list(examples), eval=list(examples))
+    parts = build(recipe, model_dir.parent, data=data)
     try:
         deploy = distribution or deployment(parts.combiner, parts.eval)
         result = evaluate(
@@ -188,6 +206,7 @@ def evaluate_saved(recipe: Any, model_dir: Path, *, distribution: str | None = N
             distribution=deploy,
             seed=recipe.train.seed,
             step=recipe.train.steps,
+            on_sample=on_sample,
         )
         return {"deploy": deploy, **result}
     finally:

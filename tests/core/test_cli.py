@@ -220,7 +220,10 @@ def test_validate_ok_exits_0_and_names_providers(plugin_site, tmp_path):
     """A valid recipe prints "ok:" with every component and its provider, and exits 0."""
     recipe = tmp_path / "r.toml"
     recipe.write_text(VALID)
-    proc = lmix("validate", str(recipe), "combiner.alpha=0.25", "--resolved", pythonpath=plugin_site)
+    # --no-data: the fake components cannot plan a step, and VALID's train.jsonl does not exist
+    proc = lmix(
+        "validate", str(recipe), "combiner.alpha=0.25", "--resolved", "--no-data", pythonpath=plugin_site
+    )
     assert proc.returncode == 0, proc.stderr
     first, _, rest = proc.stdout.partition("\n")
     assert first.startswith(f"ok: {recipe} (backend=t_toy (lmix-fakes 0.3), combiner=t_logit_average")
@@ -236,7 +239,13 @@ def test_validate_problems_exit_2_without_traceback(plugin_site, tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text("schema = 1\n[backend\n")
     proc = lmix(
-        "validate", str(good), str(bad), str(broken), str(tmp_path / "missing.toml"), pythonpath=plugin_site
+        "validate",
+        "--no-data",
+        str(good),
+        str(bad),
+        str(broken),
+        str(tmp_path / "missing.toml"),
+        pythonpath=plugin_site,
     )
     assert proc.returncode == 2
     assert proc.stdout.startswith(f"ok: {good}")

@@ -27,9 +27,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_folder_without_data_files(tmp_path: Path) -> None:
-    """A folder with no .jsonl/.json/.parquet file is an error, not an empty dataset."""
+    """A folder with no .jsonl/.json/.csv/.parquet file is an error, not an empty dataset."""
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(DataError, match="holds no .jsonl, .json or .parquet"):
+    with pytest.raises(DataError, match="holds no .jsonl, .json, .csv or .parquet"):
         load_examples(DataConfig(train=str(tmp_path)), "train")
 
 
@@ -90,7 +90,7 @@ def test_eval_not_configured() -> None:
         ({"train": "x", "limit": 0}, "'limit' must be >= 1"),
         ({"train": "x", "adapter": "gsm"}, "did you mean 'gsm8k'"),
         ({"train": ""}, "'train' must be a non-empty string"),
-        ({"train": "x", "format": "csv"}, "'format' must be"),
+        ({"train": "x", "format": "xml"}, "'format' must be"),
     ],
 )
 def test_config_validation(table: dict, message: str) -> None:
