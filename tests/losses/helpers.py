@@ -13,6 +13,14 @@ def t(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+#: Two rows of 2 and 3 tokens, Â = (1, −0.5), ratios (1.25, 0.8 | 0.8, 1, 2), π_ref ≠ π_θ.
+TRL_MASK = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+TRL_LOGP = torch.log(t([[0.5, 0.2, 0.3], [0.4, 0.1, 0.6]]))
+TRL_OLD = torch.log(t([[0.4, 0.25, 0.3], [0.5, 0.1, 0.3]]))
+TRL_REF = torch.log(t([[0.25, 0.4, 0.1], [0.4, 0.2, 0.5]]))
+TRL_ADV = t([[1.0, 1.0, 1.0], [-0.5, -0.5, -0.5]])
+
+
 def run(
     loss: PolicyLoss,
     logp: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from lmix_core.config import build
 from lmix_core.losses.gspo import GSPO, sequence_log_ratio
 from lmix_core.losses.ppo_clip import PPOClip
 
-from .helpers import run, t, token_batches
+from .helpers import TRL_ADV, TRL_LOGP, TRL_MASK, TRL_OLD, TRL_REF, run, t, token_batches
 
 
 def gspo(**kw) -> GSPO:
@@ -114,3 +115,27 @@ def test_offpolicy_tokens_leave_the_sequence_ratio():
         GSPO.default(), logp, old, t([[1.0, 1.0, 1.0]]), offpolicy=off, offpolicy_gamma=0.1
     )
     assert math.isclose(float(metrics["ratio_mean"]), math.exp(0.3), rel_tol=1e-6)
+
+
+#: (kl_importance, old log-probs) -> (loss, d loss / d logp) from TRL 1.16's own ``GRPOTrainer._compute_loss``
+#: (``loss_type="grpo"``, ``importance_sampling_level="sequence"``, ε = 0.2, β = 0.1, one process) on the inputs
+#: of ``helpers.TRL_*``, with ``use_bias_correction_kl`` True ("ratio") and False ("none").
+TRL_SEQUENCE = {
+    ("ratio", "old"): (-0.18881139, [[-0.23124997, -0.26874998, 0.0], [0.09956285, 0.08006940, 0.10281176]]),
+    ("none", "old"): (-0.18972301, [[-0.23749998, -0.275, 0.0], [0.09746727, 0.08080060, 0.10024504]]),
+    ("ratio", "logp"): (-0.23212487, [[-0.23124999, -0.26875001, 0.0], [0.08512504, 0.06845837, 0.08790281]]),
+    ("none", "logp"): (-0.23212487, [[-0.2375, -0.275, 0.0], [0.08333334, 0.06666667, 0.08611111]]),
+}
+
+
+@pytest.mark.parametrize(("importance", "old"), list(TRL_SEQUENCE))
+def test_trl_sequence_level_values(importance, old):
+    """TRL 1.16's sequence-level GRPO (GSPO) with a KL term: the KL's importance weight is s_i, with gradient
+    through every token of the row."""
+    loss = gspo(eps_low=0.2, eps_high=0.2, kl_coef=0.1, kl_importance=importance, agg_rows="all")
+    value, _, grad, _ = run(
+        loss, TRL_LOGP, TRL_OLD if old == "old" else TRL_LOGP, TRL_ADV, TRL_MASK, ref_logp=TRL_REF
+    )
+    expected_loss, expected_grad = TRL_SEQUENCE[importance, old]
+    torch.testing.assert_close(value, torch.tensor(expected_loss), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, t(expected_grad), rtol=1e-5, atol=1e-7)

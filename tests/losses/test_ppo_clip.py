@@ -13,8 +13,9 @@ from lmix_core.config import build
 from lmix_core.errors import ConfigError, LmixError
 from lmix_core.losses.ppo_clip import PPOClip
 from lmix_core.ops.aggregation import aggregation_weights
+from lmix_core.types import LossInputs
 
-from .helpers import run, t, token_batches
+from .helpers import TRL_ADV, TRL_LOGP, TRL_MASK, TRL_OLD, TRL_REF, run, t, token_batches
 
 
 def ppo(**kw) -> PPOClip:
@@ -119,25 +120,123 @@ def test_parity_with_verl_vanilla(batch, eps_low, eps_high, c):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
-@given(token_batches(spread=0.5), st.floats(0.05, 0.4), st.floats(0.0, 0.2))
-def test_symmetric_clip_is_trl_grpo(batch, eps, beta):
-    """ε_low = ε_high (DAPO reduced to GRPO) with k3 and seq-mean-token-mean equals TRL's GRPO loss."""
+@given(
+    token_batches(spread=0.5), st.floats(0.05, 0.4), st.floats(0.0, 0.2), st.sampled_from(["none", "ratio"])
+)
+def test_symmetric_clip_is_trl_grpo(batch, eps, beta, importance):
+    """ε_low = ε_high with k3 and seq-mean-token-mean over all rows equals TRL 1.16's ``grpo`` loss, written out
+    from its ``_compute_loss`` lines: ``kl_importance = "ratio"`` is ``use_bias_correction_kl=True`` (the default),
+    ``"none"`` is ``False``."""
     logp, old, adv, mask = batch
     ref_logp = logp + 0.3
     loss, _, _, _ = run(
-        ppo(eps_low=eps, eps_high=eps, kl_coef=beta, agg="seq-mean-token-mean"),
+        ppo(
+            eps_low=eps,
+            eps_high=eps,
+            kl_coef=beta,
+            kl_importance=importance,
+            agg="seq-mean-token-mean",
+            agg_rows="all",
+        ),
         logp,
         old,
         adv,
         mask,
         ref_logp=ref_logp,
     )
-    coef = torch.exp(logp - old)
-    per_token = -torch.minimum(coef * adv, torch.clamp(coef, 1 - eps, 1 + eps) * adv)
-    per_token = per_token + beta * (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1)
+    coef_1 = torch.exp(logp - old)
+    per_token_kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
+    if importance == "ratio":
+        per_token_kl = per_token_kl * coef_1
+    per_token = -torch.minimum(coef_1 * adv, torch.clamp(coef_1, 1 - eps, 1 + eps) * adv)
+    per_token = per_token + beta * per_token_kl
     m = mask.float()
-    expected = ((per_token * m).sum(-1) / m.sum(-1)).mean()
+    expected = ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+#: (kl_importance, old log-probs) -> (loss, d loss / d logp) from TRL 1.16's own ``GRPOTrainer._compute_loss``
+#: (``loss_type="grpo"``, ε = 0.2, β = 0.1, token-level ratio, one process, no accumulation), called on these
+#: inputs with ``use_bias_correction_kl`` True ("ratio") and False ("none").
+TRL_GRPO = {
+    ("ratio", "old"): (-0.16552433, [[0.02166085, -0.21386293, 0.0], [0.06666667, 0.07178088, 0.17274407]]),
+    ("none", "old"): (-0.16545817, [[0.0125, -0.225, 0.0], [0.06666667, 0.06666667, 0.16944447]]),
+    ("ratio", "logp"): (-0.23212487, [[-0.23267132, -0.26732868, 0.0], [0.08333334, 0.07178088, 0.08637203]]),
+    ("none", "logp"): (-0.23212487, [[-0.2375, -0.275, 0.0], [0.08333334, 0.06666667, 0.08611111]]),
+}
+
+
+@pytest.mark.parametrize(("importance", "old"), list(TRL_GRPO))
+def test_trl_grpo_values(importance, old):
+    """TRL 1.16's GRPO loss and gradient, both KL weightings, off-policy (ρ ≠ 1) and at ρ = 1, where only the
+    gradient differs: the ratio's gradient adds k3·∇log π."""
+    loss = ppo(kl_coef=0.1, kl_importance=importance, agg="seq-mean-token-mean", agg_rows="all")
+    value, _, grad, _ = run(
+        loss, TRL_LOGP, TRL_OLD if old == "old" else TRL_LOGP, TRL_ADV, TRL_MASK, ref_logp=TRL_REF
+    )
+    expected_loss, expected_grad = TRL_GRPO[importance, old]
+    torch.testing.assert_close(value, torch.tensor(expected_loss), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, t(expected_grad), rtol=1e-5, atol=1e-7)
+
+
+def test_importance_weighted_kl_by_hand():
+    """One token, Â = 0, π_θ = 0.5, π_old = π_ref = 0.25 (ρ = 2): k3 = 0.5 − log 0.5 − 1 = 0.1931472.
+    kl_importance = "ratio": ℓ = 0.1·ρ·k3 = 0.0386294, ∇ = 0.1·(ρ·k3 + ρ·(1 − π_ref/π_θ)) = 0.1386294;
+    "none": ℓ = 0.0193147, ∇ = 0.1·(1 − 0.5) = 0.05."""
+    logp, quarter = torch.log(t([[0.5]])), torch.log(t([[0.25]]))
+    value, metrics, grad, _ = run(
+        ppo(kl_coef=0.1, kl_importance="ratio"), logp, quarter, t([[0.0]]), ref_logp=quarter
+    )
+    assert math.isclose(float(value), 0.1 * 2 * 0.1931472, abs_tol=1e-6)
+    assert math.isclose(float(grad), 0.1 * (2 * 0.1931472 + 2 * 0.5), abs_tol=1e-6)
+    assert math.isclose(float(metrics["kl"]), 0.1931472, abs_tol=1e-6)  # the metric is the plain estimate
+    value, _, grad, _ = run(ppo(kl_coef=0.1), logp, quarter, t([[0.0]]), ref_logp=quarter)
+    assert math.isclose(float(value), 0.1 * 0.1931472, abs_tol=1e-6)
+    assert math.isclose(float(grad), 0.05, abs_tol=1e-6)
+
+
+def _kl_term_gradient(
+    estimator: str, importance: str, theta: torch.Tensor, ref: torch.Tensor
+) -> torch.Tensor:
+    """∇_θ of the loss's KL term over every token of a V-token vocabulary, each weighted by sg[π_θ(a)]: the
+    exact on-policy expectation (π_old = π_θ, Â = 0, kl_coef = 1)."""
+    theta = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, -1)[:, None]  # [V, 1]: one row per token a
+    mask = torch.ones_like(logp, dtype=torch.bool)  # [V, 1]
+    loss = ppo(kl_coef=1.0, kl_estimator=estimator, kl_importance=importance)
+    out = loss(
+        LossInputs(
+            logp=logp,
+            old_logp=logp.detach(),
+            advantages=torch.zeros_like(logp),
+            mask=mask,
+            token_weights=logp.exp().detach(),
+            ref_logp=ref[:, None],
+        )
+    )
+    (grad,) = torch.autograd.grad(out.loss, [theta])
+    return grad
+
+
+def test_kl_term_gradient_directions():
+    """Through ppo_clip on-policy: k3 pulls along ∇KL(π_ref‖π_θ) (forward), k3 weighted by the ratio (TRL 1.16's
+    default), k3+ and k2 along ∇KL(π_θ‖π_ref) (reverse), k1 not at all; the two directions differ."""
+    gen = torch.Generator().manual_seed(5)
+    theta = torch.randn(6, generator=gen)
+    ref = torch.log_softmax(torch.randn(6, generator=gen), -1)
+    th = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(th, -1)
+    (g_rev,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), [th])
+    th = theta.clone().requires_grad_(True)
+    (g_fwd,) = torch.autograd.grad((ref.exp() * (ref - torch.log_softmax(th, -1))).sum(), [th])
+    assert float((g_rev - g_fwd).abs().max()) > 1e-2
+    close = {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(_kl_term_gradient("k3", "none", theta, ref), g_fwd, **close)
+    torch.testing.assert_close(_kl_term_gradient("k3", "ratio", theta, ref), g_rev, **close)
+    torch.testing.assert_close(_kl_term_gradient("k1", "ratio", theta, ref), g_rev, **close)
+    torch.testing.assert_close(_kl_term_gradient("k3+", "none", theta, ref), g_rev, **close)
+    torch.testing.assert_close(_kl_term_gradient("k2", "none", theta, ref), g_rev, **close)
+    torch.testing.assert_close(_kl_term_gradient("k1", "none", theta, ref), torch.zeros(6), **close)
 
 
 @given(token_batches(seq_adv=True))
@@ -173,6 +272,8 @@ def test_requirements_and_validation():
         {"kl_estimator": "k4"},
         {"agg": "mean"},
         {"kl_coef": -1},
+        {"kl_importance": "ppo"},
+        {"agg_rows": "some"},
     ):
         with pytest.raises(ConfigError):
             build(PPOClip.Config, bad)
