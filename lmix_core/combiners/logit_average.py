@@ -1,4 +1,4 @@
-"""Logit averaging of the trainable policy with a frozen reference (seed 000)."""
+"""Logit averaging of the trainable policy with a frozen reference."""
 
 from __future__ import annotations
 
@@ -26,10 +26,14 @@ class LogitAverage(PolicyCombiner):
     a normalised geometric (product-of-experts) mixture of the trainable policy and a frozen reference (e.g. the
     SFT model). Rollouts are sampled from π_mix and the PPO ratio is taken on π_mix's probabilities
     (``π_mix,θ / π_mix,θ_old``, not ``(π_θ/π_θ_old)^α``); the sampling temperature is applied by the backend after
-    mixing. The gradient reaches z_θ only: ``∂ log π_mix(a)/∂z_θ = α·(e_a − π_mix)``, so α also scales the
-    effective learning rate, and α = 0 gives no gradient at all.
+    mixing. The gradient reaches z_θ only: ``∂ log π_mix(a)/∂z_θ = α·(e_a − π_mix)``, and α = 0 gives no gradient
+    at all. α multiplies the gradient, but that does not scale the effective learning rate under AdamW (the
+    backends' optimiser): Adam's step ``m/(√v + ε)`` is invariant to a constant gradient scale, up to ε and to
+    where gradient-norm clipping engages. What α does change is how far a step moves π_mix (a parameter update
+    that moves z_θ by Δ moves z_mix by α·Δ), and the RL gradient's weight against any other term that shares the
+    optimiser step, such as an SFT loss.
 
-    [U] choices (the paper's method section was not readable, see algorithms.md §1): α is a parameter, default
+    [U] choices (the paper's method section was not readable): α is a parameter, default
     0.5 ("averaging", "fixed equal weighting"); evaluation deploys the mix by default (``deploy = "combined"``,
     which needs both models at inference) and can deploy the trained policy alone (``deploy = "policy"``). No KL
     term: the canonical KL-GRPO baseline is the ``policy`` combiner with a KL penalty in the loss.
