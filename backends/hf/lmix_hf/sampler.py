@@ -29,6 +29,7 @@ Layout and conventions:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -158,6 +159,9 @@ class _Model:
         self.weight = head_weight(model)  # [V, H]
         self.dtype = self.weight.dtype
         self.cache = KVBuffer(max_length)
+        # transformers 5.x renamed the cache argument `past_key_values` to `cache` (the old name warns on every call)
+        params = inspect.signature(model.base_model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, input_ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         """Feed ``[B, q]`` tokens through transformers' forward; return the last position's float32 logits."""
@@ -165,8 +169,8 @@ class _Model:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_arg: self.cache},
         )
         self.cache.advance(input_ids.shape[1])
         return torch.nn.functional.linear(out.last_hidden_state[:, -1], self.weight).float()  # [B, V]
