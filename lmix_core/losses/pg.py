@@ -42,9 +42,15 @@ class PG(PolicyLoss):
             form: ``ratio`` (−Â·ρ, LUFFY/HPT) or ``logp`` (−Â·log π, REINFORCE).
             log_ratio_clamp: |log ρ| is clamped to this before exp (verl 20).
             kl_coef: weight of the KL penalty to the reference (0 = off).
-            kl_estimator: ``k1``, ``k2`` or ``k3``.
+            kl_estimator: ``k1``, ``k2``, ``k3`` (Schulman's estimators; GRPO and TRL 1.16 use k3), or ``k1+``/``k3+``:
+                k1's/k3's value with k2's gradient (verl 0.9.1 ``kl_loss_type = "k3+"``).
+            kl_importance: ``none``: ``kl_coef · k`` (verl 0.9.1 ``use_kl_loss``; TRL 1.16 with
+                ``use_bias_correction_kl=False``); ``ratio``: ``kl_coef · ρ · k`` with the importance ratio ρ and its
+                gradient (TRL 1.16's default ``use_bias_correction_kl=True``).
             entropy_coef: weight of the entropy bonus (0 = off; HPT and LUFFY use 0.001).
-            agg: aggregation mode of :meth:`token_weights`.
+            agg: aggregation mode of :meth:`token_weights` (``lmix_core.ops.aggregation``; verl 0.9.1 ``loss_agg_mode``).
+            agg_rows: R of the ``seq-mean-*`` modes: ``nonempty`` (B', verl 0.9.1's ``agg_loss``) or ``all`` (B: TRL
+                1.16's ``grpo`` and ``dr_grpo``, verl 0.9.1's trainer); they differ only on rows with no loss token.
         """
 
         form: Literal["ratio", "logp"] = attrs.field(

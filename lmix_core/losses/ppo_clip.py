@@ -27,10 +27,13 @@ class PPOClip(PolicyLoss):
         ℓ      = ℓ_pg + kl_coef · KL_k(π_θ ‖ π_ref) − entropy_coef · H
         loss   = Σ_{i,t} w_{i,t} · ℓ_{i,t}        (w from :meth:`token_weights`, times mixer/combiner weights)
 
-    This is verl's ``compute_policy_loss_vanilla`` (log-ratio clamp ±20, ``clip_ratio_c = 3`` when dual clip is
-    on) and TRL's GRPO loss (``epsilon``, ``epsilon_high``; ``beta`` = ``kl_coef`` with k3). GRPO: ε = 0.2 and
-    ``agg = "seq-mean-token-mean"``, KL k3 with β > 0; DAPO: ε_low = 0.2, ε_high = 0.28, ``agg = "token-mean"``,
-    no KL. With ε_low = ε_high the clip is the symmetric GRPO/PPO clip.
+    This is verl 0.9.1's ``compute_policy_loss_vanilla`` (log-ratio clamp ±20, ``clip_ratio_c = 3`` when dual clip
+    is on; its ``use_kl_loss`` KL term is ``kl_importance = "none"``) and TRL 1.16's GRPO loss (``epsilon``,
+    ``epsilon_high``; ``beta`` = ``kl_coef`` with k3; its default ``use_bias_correction_kl=True`` is
+    ``kl_importance = "ratio"``; its ``loss_type`` is ``agg``: ``grpo`` = ``seq-mean-token-mean`` with
+    ``agg_rows = "all"``, ``dapo`` = ``token-mean``, ``dr_grpo`` = ``seq-mean-token-sum-norm`` with ``agg_rows =
+    "all"``). GRPO: ε = 0.2 and ``agg = "seq-mean-token-mean"``, KL k3 with β > 0; DAPO: ε_low = 0.2, ε_high =
+    0.28, ``agg = "token-mean"``, no KL. With ε_low = ε_high the clip is the symmetric GRPO/PPO clip.
 
     Gradient regions: for Â > 0 the gradient is 0 once ρ > 1 + ε_high; for Â < 0 it is 0 once ρ < 1 − ε_low and,
     with dual clip, once ρ > c. At ρ = 1 (first inner step) ℓ_clip = −Â·ρ and ∇ℓ = −Â·∇log π.
@@ -54,9 +57,15 @@ class PPOClip(PolicyLoss):
             dual_clip: c of dual-clip PPO for Â < 0 (verl ``clip_ratio_c``, 3.0 there), or None for off.
             log_ratio_clamp: |log ρ| is clamped to this before exp (verl 20).
             kl_coef: weight of the KL penalty to the reference (0 = off, no reference needed).
-            kl_estimator: ``k1``, ``k2`` or ``k3`` (Schulman's estimators; GRPO uses k3).
+            kl_estimator: ``k1``, ``k2``, ``k3`` (Schulman's estimators; GRPO and TRL 1.16 use k3), or ``k1+``/``k3+``:
+                k1's/k3's value with k2's gradient (verl 0.9.1 ``kl_loss_type = "k3+"``).
+            kl_importance: ``none``: ``kl_coef · k`` (verl 0.9.1 ``use_kl_loss``; TRL 1.16 with
+                ``use_bias_correction_kl=False``); ``ratio``: ``kl_coef · ρ · k`` with the importance ratio ρ and its
+                gradient (TRL 1.16's default ``use_bias_correction_kl=True``).
             entropy_coef: weight of the entropy bonus (0 = off).
-            agg: aggregation mode of :meth:`token_weights`.
+            agg: aggregation mode of :meth:`token_weights` (``lmix_core.ops.aggregation``; verl 0.9.1 ``loss_agg_mode``).
+            agg_rows: R of the ``seq-mean-*`` modes: ``nonempty`` (B', verl 0.9.1's ``agg_loss``) or ``all`` (B: TRL
+                1.16's ``grpo`` and ``dr_grpo``, verl 0.9.1's trainer); they differ only on rows with no loss token.
         """
 
         eps_low: float = attrs.field(

@@ -23,9 +23,11 @@ rows and ``per_token_loss.size(0)``; verl 0.9.1's trainer, which passes ``global
 row count). The two differ only when a row has no loss token. verl 0.9.1 takes ``L`` from its
 ``loss_scale_factor``, or else the padded width of the micro-batch; TRL 1.16 takes ``max_completion_length``.
 
-LUFFY's and HPT's released trainers compute ``Σ m ℓ / L`` per micro-batch (``loss_remove_token_mean``) and then
-divide each micro-batch's loss by the number of gradient-accumulation steps ``K`` (mini-batch rows / micro-batch
-rows), so their step loss is ``Σ m ℓ / (K · L)``: ``token-sum-norm`` with ``max_len = K · L``.
+LUFFY's and HPT's released trainers (verl forks) compute ``Σ m ℓ / L`` per micro-batch (``loss_remove_token_mean``),
+divide each micro-batch's loss by the rank's gradient-accumulation steps (``loss = policy_loss /
+self.gradient_accumulation``) and average gradients over the ``W`` ranks, so their step loss is ``Σ m ℓ / (K · L)``
+with ``K`` the number of micro-batches per optimiser step over all ranks (global mini-batch rows / micro-batch
+rows): ``token-sum-norm`` with ``max_len = K · L`` reproduces it.
 
 **Data parallelism.** Weights computed on one rank from that rank's mask normalise by that rank's counts, and
 backends then *average* the gradients over the ``W`` ranks, so unequal ranks do not give the gradient of the

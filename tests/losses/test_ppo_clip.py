@@ -120,6 +120,24 @@ def test_parity_with_verl_vanilla(batch, eps_low, eps_high, c):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
+@given(token_batches(spread=1.0), st.floats(0.0, 0.4), st.floats(0.0, 0.4), st.floats(1.5, 4.0))
+def test_dual_clip_is_trl_delta(batch, eps_low, eps_high, delta):
+    """TRL 1.16's two-sided clipping ``delta`` (``coef_1.clamp(max=delta)`` before the min), written out from its
+    ``_compute_loss`` with ``loss_type="dapo"``, is ``dual_clip = delta`` for delta > 1 + ε_high."""
+    logp, old, adv, mask = batch
+    assume(delta > 1 + eps_high)
+    loss, _, grad, _ = run(ppo(eps_low=eps_low, eps_high=eps_high, dual_clip=delta), logp, old, adv, mask)
+    leaf = logp.clone().requires_grad_(True)
+    coef_1 = torch.exp(leaf - old)
+    coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(torch.clamp(coef_1, max=delta) * adv, coef_2 * adv)
+    m = mask.float()
+    ref = (per_token * m).sum() / m.sum()
+    (ref_grad,) = torch.autograd.grad(ref, [leaf])
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
 @given(
     token_batches(spread=0.5), st.floats(0.05, 0.4), st.floats(0.0, 0.2), st.sampled_from(["none", "ratio"])
 )
