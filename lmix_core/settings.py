@@ -30,6 +30,12 @@ class TrainConfig:
         save_every: write a resumable checkpoint every this many steps (0: only at the end).
         keep_checkpoints: how many periodic checkpoints to keep (the latest always kept).
         max_nonfinite: consecutive skipped (non-finite) steps after which the run aborts with a checkpoint.
+        kl_in_reward_coef: β of a KL penalty in the reward (verl's ``use_kl_in_reward`` with its fixed
+            controller): each rollout's reward becomes ``r − β·Σ_t KL_t``, summed over its response tokens, before
+            the advantage estimator (``lmix_core.ops.kl_reward``); 0 turns it off. It loads the initial policy as
+            the reference (the first one), and adds to any KL term of the loss.
+        kl_in_reward_estimator: the per-token ``KL_t`` of the reward penalty: ``k1`` (verl's default ``kl``),
+            ``k2`` (``mse``) or ``k3`` (``low_var_kl``).
     """
 
     steps: int = attrs.field(validator=v.ge(1))
@@ -42,6 +48,10 @@ class TrainConfig:
     save_every: int = attrs.field(default=0, validator=v.ge(0))
     keep_checkpoints: int = attrs.field(default=2, validator=v.ge(1))
     max_nonfinite: int = attrs.field(default=3, validator=v.ge(1))
+    kl_in_reward_coef: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(float("inf"))])
+    kl_in_reward_estimator: Literal["k1", "k2", "k3"] = attrs.field(
+        default="k1", validator=v.in_(("k1", "k2", "k3"))
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.prompts_per_step % self.minibatches:

@@ -29,8 +29,10 @@ class ReinforcePP(AdvantageEstimator):
     longer responses weigh more in μ and σ²: that is verl's token-level whitening. After whitening the batch's masked
     mean is 0 and its unbiased variance σ²/(σ² + eps) ≈ 1.
 
-    A per-token KL in the reward (verl ``use_kl_in_reward``) is not part of this estimator; use the loss's
-    ``kl_coef`` instead. For masks with holes, k counts response tokens (verl's loop instead resets the return
+    A KL penalty in the reward (``train.kl_in_reward_coef``, verl ``use_kl_in_reward``) reaches this estimator as
+    ``r − β·Σ_t KL_t``: with ``baseline = "group"`` that is verl's (``reinforce_plus_plus_baseline`` sums the token
+    rewards); plain verl ``reinforce_plus_plus`` instead discounts the per-token penalties into the returns, so
+    there the two differ. For masks with holes, k counts response tokens (verl's loop instead resets the return
     at a hole); for contiguous responses the two agree.
 
     Defined behaviour: missing (non-finite) rewards take no part in μ, σ² and get 0; with fewer than 2 scored

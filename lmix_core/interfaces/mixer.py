@@ -40,6 +40,13 @@ class Mixer(Component):
         """Weights of each optimiser state's update (length ``num_optimizer_states``)."""
         return (1.0,)
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether :meth:`observe` reads ``StepFeedback.kl_to_initial``, so that the run must load the initial
+        policy as a frozen reference (the loop then measures the KL on every step that samples rollouts).
+        Default: False."""
+        return False
+
     @abstractmethod
     def plan(self, step: int) -> StepPlan:
         """Whether this step samples rollouts and whether it may train on demonstrations."""

@@ -22,12 +22,13 @@ _TINY = 1e-12
 
 @final
 class SASR(Mixer):
-    r"""SASR, step-wise adaptive SFT/GRPO (Chen et al., arXiv 2505.13026; the note's §3).
+    r"""SASR, step-wise adaptive SFT/GRPO (Chen et al., arXiv 2505.13026).
 
     Steps ``0 … W−1`` are SFT (warm-up). At the last one (step W−1) the SFT gradient norm is recorded as
     ``G_warmup``. Every later step is exactly one of SFT or GRPO: a uniform ``u`` from ``self.generator`` (seeded
     with ``seed``) gives SFT iff ``u < p_t``, where, with ``G = G_last_SFT`` the SFT gradient norm of the latest SFT
-    step (warm-up included) and ``D`` the latest finite ``kl_to_initial`` the loop reported (0 before any)::
+    step (warm-up included) and ``D`` the latest finite ``kl_to_initial`` the loop reported (0 before any GRPO
+    step)::
 
         ratio   (a):  p_base = G / (G + γ·G_warmup)
         clipped (b):  p_base = min(1, γ·G / G_warmup)
@@ -36,9 +37,16 @@ class SASR(Mixer):
     So SFT grows likelier when the policy drifts from the demonstrations (its SFT gradient grows) or from the
     initial model (its KL grows). p_t ∈ [0, 1] and is non-decreasing in G and D for both forms.
 
-    [U] The exact form of p_t and how divergence enters are not in the readable sources (the note's §10.2):
-    ``p_form`` picks one of the note's two candidates (default ``ratio``), the divergence term is lmix's additive
-    choice, off by default. Also [U]: ``warmup_steps`` default 50 and ``gamma`` default 1 (p = ½ at
+    Divergence: with ``divergence_coef > 0`` the mixer sets :attr:`needs_reference`, so the run loads the initial
+    policy as its first frozen reference (``backend.references`` may name another model; D is then the KL to that
+    one), and the loop reports ``D`` after every GRPO step: its ``kl_ref`` metric, the token mean of
+    ``log π(a) − log π_ref(a)`` over the step's rollouts (the k1 estimate of KL(π ‖ π_ref) at the sampling
+    temperature). A GRPO step reported without it raises :class:`~lmix_core.errors.LmixError`: the term is never
+    silently 0.
+
+    [U] The exact form of p_t and how divergence enters are not in the paper's readable text: ``p_form`` picks
+    one of two candidate forms (default ``ratio``), the divergence term is lmix's additive choice, off by
+    default. Also [U]: ``warmup_steps`` default 50 and ``gamma`` default 1 (p = ½ at
     ``G = G_warmup`` under ``ratio``); the SFT gradient norm is ``grad_norm_sft`` of the feedback, or the whole
     step's ``grad_norm`` (the same thing on an SFT-only step) when the loop reports only that.
     """
@@ -51,7 +59,8 @@ class SASR(Mixer):
             warmup_steps: W, SFT steps before the adaptive phase (≥ 1: G_warmup is measured at the last one).
             gamma: γ of the probability form.
             p_form: ``ratio`` p = G/(G + γ·G_w), or ``clipped`` p = min(1, γ·G/G_w).
-            divergence_coef: λ, weight of the KL-to-initial term added to p (0: off).
+            divergence_coef: λ, weight of the KL-to-initial term added to p (0: off; > 0 loads the initial policy
+                as a reference).
             seed: seeds the generator that draws SFT or GRPO.
         """
 
@@ -67,6 +76,11 @@ class SASR(Mixer):
         self._g_last_sft: float | None = None
         self._divergence = 0.0
         self._planned: tuple[int, bool, float] | None = None  # (step, is_sft, p_t) of the latest plan
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when the divergence term is on (``divergence_coef > 0``): D needs the initial policy loaded."""
+        return self.config.divergence_coef > 0.0
 
     def sft_probability(self) -> float:
         """p_t from the recorded norms and divergence (only defined after the warm-up)."""
@@ -112,6 +126,12 @@ class SASR(Mixer):
             if feedback.step == self.config.warmup_steps - 1:
                 self._g_warmup = self._g_last_sft
         kl = feedback.kl_to_initial
+        if kl is None and d.rl_coef > 0.0 and self.config.divergence_coef > 0.0:
+            raise LmixError(
+                f"sasr: divergence_coef = {self.config.divergence_coef} needs the KL to the initial policy after "
+                f"every GRPO step, but step {feedback.step} reported none (StepFeedback.kl_to_initial): the run "
+                "must load a reference (the loop does when the mixer's needs_reference is True)"
+            )
         if kl is not None and math.isfinite(kl):
             self._divergence = float(kl)
 

@@ -22,8 +22,9 @@ from typing import Any
 import attrs
 import torch
 
-from lmix_core.errors import NonFiniteError
+from lmix_core.errors import LmixError, NonFiniteError
 from lmix_core.interfaces.backend import TrainerBackend
+from lmix_core.ops.kl_reward import kl_penalised_rewards
 from lmix_core.train import checkpoint
 from lmix_core.train.batching import demonstration_batch, trim
 from lmix_core.train.components import Components
@@ -181,7 +182,6 @@ class Trainer:
         )
         group_ids = torch.arange(len(qids)).repeat_interleave(G)  # [N]
         mask = gen.tokens.loss_mask  # [N, S]
-        adv = p.advantage(AdvantageInputs(rewards=scored.rewards, group_ids=group_ids, mask=mask))  # [N, S]
         reuse = p.train.ppo_epochs * p.train.minibatches > 1
         needs_entropy = p.combiner.needs_entropy
         with_ref = self.backend.context.num_references > 0
@@ -216,6 +216,20 @@ class Trainer:
             logp, ref_logp = (stats.logp, stats.ref_logp) if stats is not None else (gen.logp, gen.ref_logp)
             m = mask.float()  # [N, S]
             metrics["kl_ref"] = float(((logp - ref_logp) * m).sum() / m.sum().clamp_min(1))
+        rewards = scored.rewards  # [N]
+        if p.train.kl_in_reward_coef > 0:  # verl's use_kl_in_reward: r − β·Σ_t KL_t(π_old ‖ π_ref)
+            if not with_ref:
+                raise LmixError("train.kl_in_reward_coef > 0 needs a reference, but the backend loaded none")
+            rewards = kl_penalised_rewards(
+                scored.rewards,
+                logp,
+                ref_logp,
+                mask,
+                coef=p.train.kl_in_reward_coef,
+                estimator=p.train.kl_in_reward_estimator,
+            )  # [N]
+            metrics["reward_kl_penalty"] = float(torch.nan_to_num(scored.rewards - rewards).mean())
+        adv = p.advantage(AdvantageInputs(rewards=rewards, group_ids=group_ids, mask=mask))  # [N, S]
         return {
             "gen": gen,
             "rewards": scored.rewards,
@@ -313,13 +327,17 @@ class Trainer:
             g_rl = whole if rl_on and not sft_on else None
             g_sft = whole if sft_on and not rl_on else None
         whole_norm = float(sum(g * g for g in norms[-1]) ** 0.5) if norms else None
+        # KL to the first reference (the initial policy unless backend.references names another), measured on this
+        # step's rollouts; its mean over ranks, so that every rank's mixer makes the same decisions
+        kl = record.get("kl_ref")
+        kl = None if kl is None else self.backend.all_mean({"kl_ref": kl})["kl_ref"]
         return StepFeedback(
             step=step,
             decision=decision,
             grad_norm_rl=g_rl,
             grad_norm_sft=g_sft,
             grad_norm=whole_norm,
-            kl_to_initial=record.get("kl_ref"),
+            kl_to_initial=kl,
         )
 
     def _check_finite(self, step: int, skipped: bool) -> None:

@@ -1,4 +1,4 @@
-"""SASR: SFT warm-up then a seeded SFT-or-GRPO draw per step (the note's §3 and §8)."""
+"""SASR: SFT warm-up then a seeded SFT-or-GRPO draw per step."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lmix_core.errors import LmixError
+from lmix_core.mixers.rl import RL
 from lmix_core.mixers.sasr import SASR, sft_probability
 
 from .helpers import feedback, inputs
@@ -107,6 +108,28 @@ def test_divergence_raises_the_sft_probability():
     d = m.mix(inputs(0, None))
     m.observe(feedback(0, d, grad_norm_sft=2.0, kl_to_initial=0.4))
     assert m.sft_probability() == pytest.approx(0.7, abs=1e-12)
+
+
+def test_needs_reference_exactly_when_the_divergence_term_is_on():
+    """The run loads the initial policy for D only when λ > 0; mixers default to needing none."""
+    assert SASR(SASR.Config(divergence_coef=0.5)).needs_reference is True
+    assert SASR(SASR.Config()).needs_reference is False
+    assert RL(RL.Config()).needs_reference is False
+
+
+def test_grpo_step_without_divergence_fails_loudly_when_lambda_is_on():
+    """λ > 0 and a GRPO step reported without kl_to_initial: LmixError, never a silent D = 0. With λ = 0 the
+    missing KL is fine, and SFT steps never need it."""
+    m = SASR(SASR.Config(warmup_steps=1, divergence_coef=0.5, gamma=1e6))
+    run(m, 1)  # the SFT warm-up step: no KL needed
+    assert m.plan(1).rollouts  # p ≈ 1e-6: GRPO
+    d = m.mix(inputs(1, [[1, 0]], qids=(1,)))
+    with pytest.raises(LmixError, match="divergence_coef"):
+        m.observe(feedback(1, d))
+    off = SASR(SASR.Config(warmup_steps=1, gamma=1e6))
+    run(off, 1)
+    assert off.plan(1).rollouts
+    off.observe(feedback(1, off.mix(inputs(1, [[1, 0]], qids=(1,)))))
 
 
 def test_missing_warmup_norm_fails_loudly():
