@@ -4,26 +4,31 @@ A verifier can hang (sympy on ``9^{9^{9^{9}}}``), crash its process (a segfault 
 raise. None of these may reach the training loop. :class:`RewardPool` runs :meth:`RewardVerifier.score_one` in
 worker processes and turns every failure into a verdict for that sample only:
 
-* a sample that uses more than ``timeout_s`` of CPU time (2 s by default), or that runs for ``WALL_LIMIT_FACTOR``
-  times as long in wall time (one that sleeps or blocks): the worker is killed (SIGKILL) and replaced, the sample
-  scores ``Verdict(0, "timeout")``. The limit is CPU time so that a busy machine, whose workers wait for a core,
-  does not turn slow-to-schedule but correct samples into timeouts; where a worker's CPU time cannot be read (no
-  ``/proc``), the limit is ``timeout_s`` of wall time;
+* a sample that uses more than ``timeout_s`` of CPU time (``DEFAULT_TIMEOUT_S`` = 1 s by default), or more than
+  ``WALL_LIMIT_FACTOR`` times ``timeout_s`` of its own wall time (wall time less the time it waited for a core,
+  from ``/proc/PID/schedstat``: a sample that sleeps or blocks): the sample scores ``Verdict(0, "timeout")`` and
+  its worker is killed (SIGKILL) and replaced, taking its caches with it. Neither measure grows when the machine is
+  busy, so the verdict does not depend on load; a sample that finishes past its limit before the parent looks (the
+  parent was slow to run) is a timeout too, and its worker is replaced all the same. The worker reports its clocks
+  at the start and end of each sample, so the parent's own delays are not charged to it. Where CPU time cannot be
+  read (no ``/proc``), the limit is ``timeout_s`` of wall time; where the wait for a core cannot be read, the
+  second limit counts all wall time;
 * a worker that dies (signal, ``os._exit``): the sample it was judging scores ``Verdict(0, "crashed: ...")``, the
   worker is replaced and its other samples are retried;
 * ``score_one`` raising (``MemoryError`` and ``RecursionError`` included), returning something other than a
   :class:`Verdict`, or a non-finite score: ``Verdict(0, "crashed: <what>")``.
 
-Why processes and not threads: math-verify bounds its own time with ``signal.alarm``, which only works on the main
-thread; and a thread cannot be killed. Each worker runs ``score_one`` on its main thread, and the parent enforces the
-limit by killing the worker. Workers start from a ``forkserver`` by default, so the training process (CUDA, many
+Why processes and not threads: a thread cannot be killed. Each worker runs ``score_one`` on its main thread, and the
+parent enforces the limit by killing the worker. It is the only limit: verifiers must not bound their own time with a
+wall clock (the ``math`` verifier turns math-verify's ``signal.alarm`` timeouts off), since a wall-clock alarm fires
+earlier on a busy machine and would turn a slow answer into a wrong one. Workers start from a ``forkserver`` by default, so the training process (CUDA, many
 threads) is never forked; the fork server pre-imports math-verify so that replacing a killed worker is cheap. As
 with every ``spawn``/``forkserver`` use of :mod:`multiprocessing`, the main script is imported (as ``__mp_main__``)
 by each worker: keep a training script's work under ``if __name__ == "__main__":``.
 
 Usage::
 
-    with RewardPool(timeout_s=2.0) as pool:          # start-up paid once, reused every step
+    with RewardPool(timeout_s=1.0) as pool:          # start-up paid once, reused every step
         verdicts = pool.score([("math", Math.Config()), Format.default()], samples)
         verdicts[0][j]                               # the first verifier's verdict on samples[j]
 
@@ -67,8 +72,12 @@ StartMethod = Literal["forkserver", "spawn", "fork"]
 DEFAULT_PRELOAD = ("lmix_core.rewards.pool", "lmix_core.rewards.math", "math_verify")
 #: How long a worker may take to start and load its verifiers before it judges the first sample of a chunk.
 STARTUP_LIMIT_S = 60.0
-#: A sample is stopped after this many times ``timeout_s`` of wall time even if it used less CPU time (it sleeps).
-WALL_LIMIT_FACTOR = 5.0
+#: Per-sample CPU-time limit by default: with the wall-time cap below, no sample costs more than about 1.5 s of wall
+#: time on an idle machine. No legitimate answer in the benchmark takes more than a few tenths of a second.
+DEFAULT_TIMEOUT_S = 1.0
+#: A sample is stopped after this many times ``timeout_s`` of its own wall time (time spent waiting for a core not
+#: counted) even if it used less CPU time (it sleeps or blocks).
+WALL_LIMIT_FACTOR = 1.5
 #: Longest reason kept from a verifier (longer ones are cut, so logs stay readable).
 MAX_REASON_CHARS = 300
 #: A sample each verifier judges once when it reaches a worker, outside the time limit.
@@ -148,7 +157,8 @@ def _worker_main(conn: mpc.Connection) -> None:
     """Judge samples sent by the parent until told to stop or the pipe closes.
 
     Messages in: ``("verifier", key, blob)``, ``("score", [(task, key, sample_blob), ...])``, ``("stop",)``.
-    Messages out: ``("tick",)`` when a chunk starts, ``("done", task, score, reason)`` after each sample.
+    Messages out: ``("tick", clock)`` when a chunk starts, ``("done", task, score, reason, clock)`` after each
+    sample, where ``clock`` is :func:`_clock` read in this process at that moment.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     _die_with_parent()
@@ -169,10 +179,11 @@ def _worker_main(conn: mpc.Connection) -> None:
                 continue
             _judge_blob(verifiers[key], _WARM_UP)  # lazy imports and caches are paid before the clock starts
             continue
-        conn.send(("tick",))
+        pid = os.getpid()
+        conn.send(("tick", _clock(pid)))
         for task, key, blob in message[1]:
             verdict = _judge_blob(verifiers.get(key, "crashed: verifier missing"), blob)
-            conn.send(("done", task, verdict.score, verdict.reason))
+            conn.send(("done", task, verdict.score, verdict.reason, _clock(pid)))
 
 
 def _judge_blob(verifier: RewardVerifier | str, blob: bytes) -> Verdict:
@@ -187,6 +198,15 @@ def _judge_blob(verifier: RewardVerifier | str, blob: bytes) -> Verdict:
 
 
 # -- parent side ---------------------------------------------------------------------------------------------
+#: ``(wall, cpu, waited)``: ``time.monotonic()``, the process's CPU seconds and the seconds its main thread has waited
+#: for a core; the last two None where they cannot be read.
+_Clock = tuple[float, float | None, float | None]
+
+
+def _clock(pid: int) -> _Clock:
+    return time.monotonic(), _cpu_seconds(pid), _waited_seconds(pid)
+
+
 @attrs.define
 class _Worker:
     """A worker process and what it is doing.
@@ -197,9 +217,9 @@ class _Worker:
         known: verifier keys already sent to it.
         outstanding: task ids sent and not yet answered, in the order it judges them.
         sent_at: when the current chunk was sent.
-        since: when its current sample started (None until the chunk's tick arrives).
-        cpu_since: the worker's CPU seconds when its current sample started (None where they cannot be read).
-        grace: seconds added to the current sample's deadline because its worker waited for a core.
+        start: the worker's clock when its current sample started (None until the chunk's tick arrives).
+        grace: seconds added to the current sample's wall deadline because it has not used up its limits.
+        overran: the current sample was reported done, but past its limit.
     """
 
     proc: Any
@@ -207,29 +227,41 @@ class _Worker:
     known: set[int] = attrs.field(factory=set)
     outstanding: deque[int] = attrs.field(factory=deque)
     sent_at: float = 0.0
-    since: float | None = None
-    cpu_since: float | None = None
+    start: _Clock | None = None
     grace: float = 0.0
+    overran: bool = False
 
     def deadline(self, timeout_s: float) -> float:
-        if self.since is None:
+        """When the parent next looks at the current sample (wall clock)."""
+        if self.start is None:
             return self.sent_at + STARTUP_LIMIT_S
-        return self.since + timeout_s + self.grace
+        return self.start[0] + timeout_s + self.grace
 
-    def start_sample(self) -> None:
-        self.since, self.cpu_since, self.grace = time.monotonic(), _cpu_seconds(self.proc.pid), 0.0
+    def start_sample(self, clock: _Clock) -> None:
+        self.start, self.grace = clock, 0.0
 
-    def extend_if_starved(self, timeout_s: float) -> bool:
-        """At the wall deadline: when the sample has used less than ``timeout_s`` of CPU time and is within the
-        wall-time cap, move the deadline on by the CPU time it has left (at least 10 ms); True if it moved."""
-        now, cpu = time.monotonic(), _cpu_seconds(self.proc.pid)
-        if self.since is None or cpu is None or self.cpu_since is None:
+    def left(self, timeout_s: float, clock: _Clock) -> float:
+        """Seconds the current sample may still run at ``clock``: the least of its CPU time left and its own wall
+        time left (wall time less waiting for a core); <= 0 when it is over a limit."""
+        assert self.start is not None
+        wall0, cpu0, waited0 = self.start
+        wall, cpu, waited = clock
+        if cpu is None or cpu0 is None:
+            return timeout_s - (wall - wall0)
+        own_wall = wall - wall0
+        if waited is not None and waited0 is not None:
+            own_wall -= waited - waited0
+        return min(timeout_s - (cpu - cpu0), WALL_LIMIT_FACTOR * timeout_s - own_wall)
+
+    def extend_if_within(self, timeout_s: float) -> bool:
+        """At the wall deadline: when the sample is within both limits, move the deadline on by the least time it
+        has left (at least 10 ms); True if it moved."""
+        if self.start is None:
             return False
-        left_cpu = timeout_s - (cpu - self.cpu_since)
-        left_wall = self.since + WALL_LIMIT_FACTOR * timeout_s - now
-        if left_cpu <= 0 or left_wall <= 0:
+        left = self.left(timeout_s, _clock(self.proc.pid))
+        if left <= 0:
             return False
-        self.grace += max(0.01, min(left_cpu, left_wall))
+        self.grace += max(0.01, left)
         return True
 
 
@@ -242,6 +274,16 @@ def _cpu_seconds(pid: int) -> float | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14 and 15)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _waited_seconds(pid: int) -> float | None:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a core (``/proc/PID/schedstat``, second
+    field, in ns); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return None
 
@@ -296,7 +338,7 @@ class RewardPool:
         self,
         *,
         workers: int | None = None,
-        timeout_s: float = 2.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         start_method: StartMethod = "forkserver",
         preload: Sequence[str] = DEFAULT_PRELOAD,
     ) -> None:
@@ -440,15 +482,18 @@ class RewardPool:
             wait_s = max(0.0, min(w.deadline(limit) for w in busy) - now)
             mpc.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=wait_s)
             for w in busy:
-                alive = self._drain(w, results)
+                alive = self._drain(w, results, limit)
+                if w.overran:
+                    self._fail(w, "timeout", pending, results)  # it finished, but past its limit
+                    continue
                 if not w.outstanding:
                     if not alive:
                         self._replace(w)
                     continue
                 if not alive:
                     self._fail(w, _exit_reason(w.proc), pending, results)
-                elif time.monotonic() > w.deadline(limit) and not w.extend_if_starved(limit):
-                    reason = "timeout" if w.since is not None else "crashed: worker did not start in time"
+                elif time.monotonic() > w.deadline(limit) and not w.extend_if_within(limit):
+                    reason = "timeout" if w.start is not None else "crashed: worker did not start in time"
                     self._fail(w, reason, pending, results)
         n = len(samples)
         return [
@@ -479,21 +524,29 @@ class RewardPool:
             self._replace(w)
             return
         w.outstanding.extend(chunk)
-        w.sent_at, w.since = time.monotonic(), None
+        w.sent_at, w.start = time.monotonic(), None
 
-    def _drain(self, w: _Worker, results: list[Verdict | None]) -> bool:
-        """Read every message the worker has sent; False when it is gone."""
+    def _drain(self, w: _Worker, results: list[Verdict | None], limit: float) -> bool:
+        """Read every message the worker has sent; False when it is gone.
+
+        A sample reported done past its limit (by the worker's own clocks) stays at the head of ``outstanding``
+        and ``overran`` is set: the caller scores it a timeout and replaces the worker, as if it had been killed.
+        """
         try:
             while w.conn.poll():
                 message = w.conn.recv()
                 if message[0] == "tick":
-                    w.start_sample()
+                    w.start_sample(message[1])
                     continue
-                _, task, value, reason = message
-                if w.outstanding and w.outstanding[0] == task:
-                    w.outstanding.popleft()
-                    results[task] = Verdict(score=value, reason=reason)
-                    w.start_sample()
+                _, task, value, reason, clock = message
+                if not (w.outstanding and w.outstanding[0] == task and w.start is not None):
+                    continue
+                if w.left(limit, clock) <= 0:
+                    w.overran = True
+                    return True
+                w.outstanding.popleft()
+                results[task] = Verdict(score=value, reason=reason)
+                w.start_sample(clock)
         except (EOFError, OSError):
             return False
         return w.proc.is_alive()
@@ -539,7 +592,7 @@ def score(
     verifiers: Sequence[VerifierSpec],
     samples: Sequence[RewardInput],
     *,
-    timeout_s: float = 2.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
 ) -> list[list[Verdict]]:
     """Judge ``samples`` with ``verifiers`` in the process-wide pool (started on first use, closed at exit).

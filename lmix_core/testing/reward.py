@@ -81,6 +81,13 @@ NASTY_COMPLETIONS: tuple[str, ...] = (
     "\\boxed{\\text{" + "a" * 1000 + "}}",
     "\\begin{" * 1000,
     "nan inf -inf 1e999999 -0.0",
+    "\\boxed{1000000!}",
+    "\\boxed{\\binom{10^6}{500000}}",
+    "\\boxed{(a+b+c+d)^{20}}",
+    "\\boxed{\\Gamma(10^6)}",
+    "\\boxed{\\sum_{n=1}^{\\infty} \\frac{(-1)^n}{\\ln n}}",
+    "$3 $3 $3 $3 " * 2000,
+    "答案：Ｂ 选项Ｃ不对。الإجابة: ب",
 )
 #: References paired with the completions above, round-robin.
 NASTY_REFERENCES: tuple[str, ...] = (

@@ -30,7 +30,8 @@ def test_registered_reward_passes_contract_with_defaults(pool, name):
 
 # Non-default settings that reach code the defaults do not.
 BRANCHES = [
-    ("math", {"fallback": "none", "verify_timeout_s": 0}),
+    ("math", {"fallback": "none"}),
+    ("math", {"fallback": "last_number", "max_factorial": 5, "max_power_terms": 3}),
     ("multiple_choice", {"choices": "ABCDEFGHIJ"}),
     ("format", {"required_tags": ["think", "answer"], "boxed": "any", "pattern": r"(?s)<think>.*</think>.*"}),
     ("format", {"required_tags": [], "pattern": r"(a|aa)*b", "mode": "search"}),

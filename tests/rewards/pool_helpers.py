@@ -18,7 +18,8 @@ _started = False
 @final
 class Scripted(RewardVerifier):
     """Does what the completion says: ``hang``, ``spin``, ``exit``, ``segv``, ``raise``, ``memory``, ``nan``,
-    ``none``, ``sleep:<seconds>``, ``pid``; anything else scores 1 with reason ``ok <completion>``.
+    ``none``, ``sleep:<seconds>``, ``cpu:<seconds>`` (compute for that much CPU time, then score 1), ``pid``;
+    anything else scores 1 with reason ``ok <completion>``.
 
     With ``slow_start_s > 0`` the first sample a process judges takes that long (the warm-up sample absorbs it).
     """
@@ -53,6 +54,11 @@ class Scripted(RewardVerifier):
         if what.startswith("sleep:"):
             time.sleep(float(what.split(":", 1)[1]))
             return Verdict(score=1.0, reason=f"slept {os.getpid()}")
+        if what.startswith("cpu:"):
+            end = time.process_time() + float(what.split(":", 1)[1])
+            while time.process_time() < end:
+                pass
+            return Verdict(score=1.0, reason=f"computed {what}")
         if what == "pid":
             return Verdict(score=1.0, reason=str(os.getpid()))
         return Verdict(score=1.0, reason=f"ok {what}")

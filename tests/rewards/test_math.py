@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import pytest
 
@@ -71,11 +73,86 @@ def test_boxed_wins_over_other_forms():
     assert judge("\\boxed{5}. The answer is 6, or 7", "5").score == 1.0
 
 
-def test_last_number_fallback_is_configurable():
-    """fallback='none' ignores bare numbers; 'last_number' (default) uses them."""
+def test_fallback_is_configurable():
+    """fallback='none' ignores bare numbers; 'final_number' (default) takes one that ends the text;
+    'last_number' takes the last number anywhere."""
     assert judge("it is 9", "9").score == 1.0
     assert judge("it is 9", "9", fallback="none") == Verdict(score=0.0, reason="no answer found")
     assert judge("The answer is 9", "9", fallback="none").score == 1.0
+    assert judge("9 apples are left over", "9") == Verdict(score=0.0, reason="no answer found")
+    assert judge("9 apples are left over", "9", fallback="last_number").score == 1.0
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference"),
+    [
+        ("45*3=135\n23+135=158\n158-17=141", "141"),  # the demo's worked lines without the box
+        ("So the total is 18.", "18"),
+        ("So she pays 18 dollars.", "18"),  # one unit after the number
+        ("Therefore $x = -7$.", "-7"),
+        ("The total comes to **1,234**", "1234"),
+        ("That leaves 3/4", "0.75"),
+        ("Then 50%", "50"),
+        ("#### 72", "72"),  # GSM8K's answer line
+        ("Answer: the smallest such k is 12.", "12"),  # an answer clause that is a sentence
+        ("Final answer: the probability is $\\frac{1}{4}$.", "0.25"),
+        ("The answer is 18 dollars", "18"),
+    ],
+)
+def test_final_answer_positions(completion, reference):
+    """Strict default: a number that ends the text (or an answer clause) in a final-answer position is read."""
+    assert judge(completion, reference) == Verdict(score=1.0, reason="correct")
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference", "reason"),
+    [
+        # number spraying: a repeated number, a run of candidates, alternatives
+        ("$3 $3 $3 $3 $3 $3 $3 $3 ...", "3", "repeated answer: 3 (8 times)"),
+        ("3\n3\n3\n3", "3", "repeated answer: 3 (4 times)"),
+        ("\\$3 \\$3 \\$3", "3", "repeated answer: 3 (3 times)"),
+        ("It is 3 or maybe 4", "4", "several candidate answers"),
+        ("either 4", "4", "several candidate answers"),
+        (
+            "1 2 3 4 5 6 7 8 9 10 11 12",
+            "12",
+            "wrong: got '1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12' expected '12'",
+        ),
+        ("The candidates are 3, 4, 5", "5", "wrong: got '3, 4, 5' expected '5'"),
+        # several candidate answers stated or boxed
+        ("The answer is 3 or 4.", "4", "wrong: got '3 or 4' expected '4'"),
+        ("\\boxed{3, 4, 5}", "4", "wrong: got '3, 4, 5' expected '4'"),
+        ("Answer: x = 3 or x = 4", "4", "wrong: got 'x = 3 or x = 4' expected '4'"),
+        ("The answer is either 3 or 4", "4", "wrong: got 'either 3 or 4' expected '4'"),
+        # numbers that are not in a final-answer position
+        ("We start from 9 and give up", "9", "no answer found"),
+        ("so the result is x^2", "2", "no answer found"),
+        ("So 7 apples and 9 pears remain in the basket", "9", "no answer found"),
+    ],
+)
+def test_reward_hacking_does_not_score(completion, reference, reason):
+    """Degenerate and hedged outputs score 0 under the default fallback, with a reason saying why."""
+    assert judge(completion, reference) == Verdict(score=0.0, reason=reason)
+
+
+def test_answer_lists_only_equal_list_references():
+    """A run of different numbers is read as a list: right against a list reference, wrong against one of them."""
+    assert judge("The roots are 1, 2, 3", "1, 2, 3").score == 1.0
+    assert judge("The roots are 1, 2, 3", "3").score == 0.0
+
+
+def test_demo_completions_are_scored_by_the_strict_default():
+    """The demo task's worked solutions in every style score 1 against their answer (boxed, as the demo writes
+    them); without the box, the short and place-value styles' last line still gives the answer."""
+    from lmix_core.demo.task import generate
+
+    for style in ("short", "columns", "place_value"):
+        for row in generate(8, seed=3, levels=(1, 2, 3), style=style):
+            assert judge(row["solution"], row["answer"]) == Verdict(score=1.0, reason="correct"), row
+            unboxed = row["solution"].rsplit("\n\\boxed", 1)[0]
+            if style != "columns":  # "1+93: 1+3=4, 0+9=9, 94" ends in a run of numbers, not one answer
+                assert judge(unboxed, row["answer"]) == Verdict(score=1.0, reason="correct"), unboxed
+    assert judge("23+45*3-17=141\n\\boxed{142}", "141").score == 0.0
 
 
 def test_unclosed_boxed_is_not_rescued():
@@ -103,6 +180,55 @@ def test_missing_answer_or_reference():
 def test_costly_answers_are_refused_before_sympy(answer, why):
     """Answers that would make sympy run for minutes are refused at once with the reason."""
     assert judge(f"\\boxed{{{answer}}}", "1") == Verdict(score=0.0, reason=f"answer too costly: {why}")
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("100000!", "a factorial above 1000!"),
+        ("(10^6)!", "a factorial above 1000!"),
+        ("\\binom{100000}{50000}", "a binomial coefficient above 1000"),
+        ("\\dbinom{10^6}{3}", "a binomial coefficient above 1000"),
+        ("\\int_0^{\\infty} e^{-x^2} dx", "\\int, which the reference does not contain"),
+        ("\\sum_{n=1}^{\\infty} \\frac{(-1)^n}{\\ln n}", "\\sum, which the reference does not contain"),
+        ("\\prod_{k=1}^{n} k", "\\prod, which the reference does not contain"),
+        ("\\lim_{x \\to 0} \\frac{\\sin x}{x}", "\\lim, which the reference does not contain"),
+        ("\\Gamma(10^6)", "\\Gamma, which the reference does not contain"),
+        ("\\zeta(1001)", "\\zeta, which the reference does not contain"),
+        ("(a+b+c+d)^{20}", "a power whose expansion has 1771 terms"),
+        ("\\left(x+y+z\\right)^{30}", "a power whose expansion has 496 terms"),
+    ],
+)
+def test_costly_expressions_are_refused_in_microseconds(answer, why):
+    """Factorials, binomials, unevaluated calculus, special functions and big polynomial powers are refused by
+    the screen, well under 0.1 s of CPU time, instead of being stopped by the pool at its limit."""
+    start = time.process_time()
+    verdict = judge(f"\\boxed{{{answer}}}", "7")
+    assert time.process_time() - start < 0.05
+    assert verdict == Verdict(score=0.0, reason=f"answer too costly: {why}")
+
+
+def test_screen_lets_ordinary_answers_through():
+    """Small factorials and binomials, symbolic ones, low powers, and operators the reference has too are judged."""
+    assert judge("\\boxed{5!}", "120").score == 1.0
+    assert judge("\\boxed{\\binom{5}{2}}", "10").score == 1.0
+    assert judge("\\boxed{(n+1)!}", "(n+1)!").score == 1.0
+    assert judge("\\boxed{(x+1)^2}", "x^2+2x+1").score == 1.0
+    assert judge("\\boxed{\\int_0^1 x\\,dx}", "\\int_0^1 x dx").score == 1.0
+    assert judge("\\boxed{\\sum_{k=1}^{n} k}", "\\sum_{k=1}^{n} k").score == 1.0  # identical: no parse
+    assert judge("\\boxed{100000!}", "100000!").score == 1.0  # identical to the reference
+
+
+def test_math_verify_runs_without_a_wall_clock_alarm(monkeypatch):
+    """math-verify's own signal.alarm timeouts are off: the pool's limit is the only one, so a verdict never
+    depends on wall time. An alarm set during judging would raise here."""
+
+    def forbidden(*args):
+        raise AssertionError("signal.alarm used while judging")
+
+    monkeypatch.setattr(signal, "alarm", forbidden)
+    assert judge("\\boxed{\\frac{14}{8}}", "1.75") == Verdict(score=1.0, reason="correct")
+    assert judge("\\boxed{\\sqrt{50}}", "5\\sqrt{3}").score == 0.0
 
 
 def test_harmless_powers_are_still_judged():

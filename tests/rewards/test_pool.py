@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -41,13 +43,11 @@ def test_hanging_sample_times_out_and_costs_only_itself(pool):
     assert time.monotonic() - start < 0.5 * pool_module.WALL_LIMIT_FACTOR + 7.0
 
 
-def test_limit_is_cpu_time_so_a_waiting_sample_is_judged(pool):
-    """A sample that spends 1 s of wall time but almost no CPU (as on a machine whose workers wait for a core) is
-    judged under a 0.5 s limit; one that never returns is still stopped, at WALL_LIMIT_FACTOR times the limit."""
-    start = time.monotonic()
-    out = pool.score([Scripted.default()], samples("sleep:1.0", "fine"), timeout_s=0.5)[0]
+def test_a_sleeping_sample_is_stopped_by_its_own_wall_time(pool):
+    """A sample that sleeps 0.6 s under a 0.5 s limit uses almost no CPU and less than WALL_LIMIT_FACTOR x 0.5 s of
+    its own wall time: it is judged. One that never returns is stopped at WALL_LIMIT_FACTOR times the limit."""
+    out = pool.score([Scripted.default()], samples("sleep:0.6", "fine"), timeout_s=0.5)[0]
     assert [v.score for v in out] == [1.0, 1.0]
-    assert time.monotonic() - start < 0.5 * pool_module.WALL_LIMIT_FACTOR
     start = time.monotonic()
     out = pool.score([Scripted.default()], samples("hang"), timeout_s=0.2)[0]
     waited = time.monotonic() - start
@@ -55,15 +55,86 @@ def test_limit_is_cpu_time_so_a_waiting_sample_is_judged(pool):
     assert 0.2 * pool_module.WALL_LIMIT_FACTOR <= waited < 0.2 * pool_module.WALL_LIMIT_FACTOR + 5.0
 
 
+def test_verdicts_do_not_depend_on_load(pool):
+    """The same batch scored on a machine saturated by busy-looping processes gets the same verdicts as before:
+    real math answers (fast, slow, refused), samples computing or sleeping well within the limit, and samples that
+    run past it."""
+    math_batch = [
+        RewardInput(prompt="", completion=c, reference=r)
+        for c, r in [
+            ("so \\boxed{\\frac{6}{4}}", "1.5"),
+            ("The answer is $2\\sqrt{2}$.", "\\sqrt{8}"),
+            ("\\boxed{(x+y)^{6}}", "(y+x)^{6}"),
+            ("Answer: the smallest such k is 12.", "12"),
+            ("$3 $3 $3 $3", "3"),
+            ("\\boxed{100000!}", "5"),
+            ("\\boxed{13}", "12"),
+        ]
+    ]
+    scripted_batch = samples("fine", "cpu:0.1", "sleep:0.2", "cpu:2", "hang")
+
+    def run(scripted_pool: RewardPool) -> list[list[Verdict]]:
+        math_verdicts = pool.score([("math", {})], math_batch, timeout_s=0.3)[0]
+        scripted = scripted_pool.score([Scripted.default()], scripted_batch, timeout_s=0.3)[0]
+        return [math_verdicts, [Verdict(score=v.score, reason=v.reason.split(" ")[0]) for v in scripted]]
+
+    with RewardPool(workers=1) as scripted_pool:  # its timeouts replace workers; the math pool stays warm
+        idle = run(scripted_pool)
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        try:
+            time.sleep(0.1)
+            loaded = run(scripted_pool)
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+    assert loaded == idle
+    assert [v.reason for v in idle[1]] == ["ok", "computed", "slept", "timeout", "timeout"]
+    assert [v.score for v in idle[0]] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_a_sample_that_finishes_past_its_limit_is_a_timeout(monkeypatch):
+    """When the parent is too slow to look (a loaded machine), a sample that finished after using more than its
+    CPU limit is still a timeout, and its worker (and its caches) is replaced as if it had been killed."""
+    with RewardPool(workers=1, timeout_s=0.3) as p:
+        before = p._pool[0].proc.pid
+        real_wait = pool_module.mpc.wait
+
+        def slow_wait(objects, timeout=None):
+            monkeypatch.setattr(pool_module.mpc, "wait", real_wait)
+            time.sleep(1.5)  # the parent wakes up only after the sample has finished
+            return real_wait(objects, timeout=0)
+
+        monkeypatch.setattr(pool_module.mpc, "wait", slow_wait)
+        out = p.score([Scripted.default()], samples("cpu:0.6", "fine"))[0]
+        assert out == [Verdict(score=0.0, reason="timeout"), OK]
+        assert p._pool[0].proc.pid != before
+
+
+def test_default_worst_case_fits_in_two_seconds():
+    """At the default limit a sample that never returns is stopped, and its verdict back, in under 2 s of wall
+    time."""
+    assert pool_module.DEFAULT_TIMEOUT_S * max(1.0, pool_module.WALL_LIMIT_FACTOR) <= 1.5
+    with RewardPool(workers=1) as p:
+        p.score([Scripted.default()], samples("fine"))
+        start = time.monotonic()
+        out = p.score([Scripted.default()], samples("hang"))[0]
+        assert time.monotonic() - start < 2.0
+        assert out == [Verdict(score=0.0, reason="timeout")]
+
+
 def test_cpu_seconds_reads_this_process():
-    """_cpu_seconds grows while a process computes, and is None for a process that does not exist."""
-    before = pool_module._cpu_seconds(os.getpid())
+    """_cpu_seconds grows while a process computes, _waited_seconds does not shrink; both are None for a process
+    that does not exist."""
+    before, waited = pool_module._cpu_seconds(os.getpid()), pool_module._waited_seconds(os.getpid())
     end = time.process_time() + 0.2
     while time.process_time() < end:
         pass
     after = pool_module._cpu_seconds(os.getpid())
     assert before is not None and after is not None and after - before >= 0.1
+    assert waited is not None and pool_module._waited_seconds(os.getpid()) >= waited
     assert pool_module._cpu_seconds(2**22 + 12345) is None
+    assert pool_module._waited_seconds(2**22 + 12345) is None
 
 
 def test_worker_exit_costs_only_that_sample(pool):
