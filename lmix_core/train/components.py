@@ -43,11 +43,13 @@ class Scored:
 class RewardSuite:
     """The recipe's ``[[rewards]]``: weighted verifiers scored through the worker pool (time-limited)."""
 
-    def __init__(self, named: Sequence[tuple[str, RewardVerifier, float]], *, timeout_s: float = 2.0) -> None:
-        from lmix_core.rewards.pool import RewardPool
+    def __init__(
+        self, named: Sequence[tuple[str, RewardVerifier, float]], *, timeout_s: float | None = None
+    ) -> None:
+        from lmix_core.rewards.pool import DEFAULT_TIMEOUT_S, RewardPool
 
         self.named = list(named)
-        self.pool = RewardPool(timeout_s=timeout_s)
+        self.pool = RewardPool(timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
 
     def score(
         self,
