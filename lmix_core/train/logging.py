@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from lmix_core.settings import LoggingConfig
+
+_logger = logging.getLogger("lmix_core.train")
 
 
 def _clean(value: Any) -> Any:
@@ -38,7 +41,11 @@ class MetricsLog:
 
 
 class Tracker:
-    """wandb (``offline`` unless the recipe or ``WANDB_MODE`` says otherwise) plus a tqdm progress bar."""
+    """wandb (``offline`` unless the recipe or ``WANDB_MODE`` says otherwise) plus the step progress.
+
+    wandb runs silently (no banner, no run-history block at the end); one line says where its offline run is and
+    how to upload it. ``WANDB_SILENT=false`` brings wandb's own output back.
+    """
 
     def __init__(
         self, config: LoggingConfig, run_dir: Path, resolved: Mapping[str, Any], total: int, start: int
@@ -48,32 +55,101 @@ class Tracker:
         if mode != "disabled":
             import wandb
 
+            silent = os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")
             self.run = wandb.init(
                 project=config.project,
                 dir=str(run_dir),
                 mode=mode,
                 config=dict(resolved),
                 reinit="finish_previous",
+                settings=wandb.Settings(silent=silent),
             )
-        self.bar = None
+            if mode == "offline":
+                where = Path(self.run.settings.sync_dir)
+                print(f"lmix run: wandb logs offline; upload with: wandb sync {where}", flush=True)
+            elif self.run.url:
+                print(f"lmix run: wandb run {self.run.url}", flush=True)
+        self.progress = None
         if config.progress:
-            from tqdm.auto import tqdm
+            from lmix_core.progress_bars import StepProgress
 
-            self.bar = tqdm(total=total, initial=start, desc="lmix", unit="step", dynamic_ncols=True)
+            self.progress = StepProgress(total, start)
 
     def log(self, record: Mapping[str, Any]) -> None:
         if self.run is not None:
             self.run.log(
                 {k: v for k, v in record.items() if isinstance(v, int | float)}, step=int(record["step"])
             )
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(
-                reward=f"{record.get('reward_mean', float('nan')):.3f}", loss=f"{record['loss']:.4f}"
-            )
+        if self.progress is not None:
+            reward = record.get("reward_mean")
+            self.progress.update(float(record["loss"]), None if reward is None else float(reward))
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
         if self.run is not None:
             self.run.finish()
+
+
+def batch_line(train: Any, world_size: int) -> str:
+    """The start line's batch: ``prompts_per_step`` is per process, so the global batch is world size times it.
+
+    ``2 processes x 2 prompts x 4 rollouts: global batch 4 prompts, 16 completions per step; 3 steps``.
+    """
+    W, Q, G = world_size, train.prompts_per_step, train.group_size
+    procs = f"{W} process" + ("es" if W != 1 else "")
+    return (
+        f"{procs} x {Q} prompts x {G} rollouts: global batch {W * Q} prompts, {W * Q * G} completions per step; "
+        f"{train.steps} steps"
+    )
+
+
+def quiet_other_rank() -> None:
+    """Silence a process other than global rank 0: Python warnings, log records below ERROR, and the progress bars
+    of transformers and datasets. Errors still print (with the rank, see ``lmix_core.cli``)."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["WANDB_SILENT"] = "true"
+
+
+class FlatRewards:
+    """Warns once when every reward of a run is the same for :attr:`STEPS` RL steps in a row.
+
+    Identical rewards make every group-relative advantage zero, so the RL update is zero: the run "trains" at loss 0
+    and learns nothing. The check reads this process's rewards only (no collective), which is what rank 0 prints.
+    """
+
+    #: RL steps in a row with one reward value before the warning.
+    STEPS = 10
+
+    def __init__(self) -> None:
+        self.run_length, self.value, self.warned = 0, None, False
+
+    def observe(self, step: int, rewards: Any, *, main: bool) -> None:
+        """Record one RL step's rewards ``[N]``; warn (on the main process) when the run of equal values is long."""
+        low, high = float(rewards.min()), float(rewards.max())
+        if low != high:
+            self.run_length, self.value = 0, None
+        elif low == self.value:
+            self.run_length += 1
+        else:
+            self.run_length, self.value = 1, low
+        if self.warned or self.run_length < self.STEPS:
+            return
+        self.warned = True
+        if main:
+            _logger.warning(
+                "lmix run: every reward has been %g for %d steps in a row (through step %d), so every advantage is "
+                "zero and the RL loss learns nothing. Likely causes: the completions never reach an answer the "
+                "verifier accepts (too few sampling.max_new_tokens, a prompt or chat template that does not ask for "
+                "the answer format), the verifier cannot read the data's answers (check with lmix eval "
+                "--completions FILE), or the task is out of the model's reach (or already solved); an SFT stage "
+                "or a mixer that uses demonstrations can bootstrap it.",
+                low,
+                self.run_length,
+                step,
+            )

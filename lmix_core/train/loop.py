@@ -21,14 +21,16 @@ from typing import Any
 
 import attrs
 import torch
+from torch import Tensor
 
 from lmix_core.errors import LmixError, NonFiniteError
 from lmix_core.interfaces.backend import TrainerBackend
+from lmix_core.ops.aggregation import StepCounts
 from lmix_core.ops.kl_reward import kl_penalised_rewards
 from lmix_core.train import checkpoint
-from lmix_core.train.batching import demonstration_batch, trim
+from lmix_core.train.batching import SFTRows, demonstration_batch, step_counts, trim
 from lmix_core.train.components import Components
-from lmix_core.train.logging import MetricsLog, Tracker
+from lmix_core.train.logging import FlatRewards, MetricsLog, Tracker
 from lmix_core.train.objective import StepObjective
 from lmix_core.types import (
     AdvantageInputs,
@@ -69,6 +71,7 @@ class Trainer:
         self._demo_ids: dict[int, tuple[int, ...]] = {}
         self.nonfinite = 0
         self.start_step = 0
+        self.flat_rewards = FlatRewards()
 
     # -- data ------------------------------------------------------------------------------------------------
     def question_ids(self, step: int) -> tuple[int, ...]:
@@ -119,6 +122,7 @@ class Trainer:
         if plan.rollouts:
             rl = self._rollouts(step, qids)
             record.update(rl["metrics"])
+            self.flat_rewards.observe(step, rl["rewards"], main=self.backend.is_main)
         decision = p.mixer.mix(
             MixerInputs(
                 step=step,
@@ -138,9 +142,11 @@ class Trainer:
         record["decision"] = decision.label
         record["skipped"] = skipped
         p.mixer.observe(self._feedback(step, decision, reports, record))
-        record = self.backend.all_mean({k: v for k, v in record.items() if isinstance(v, int | float)}) | {
-            k: v for k, v in record.items() if not isinstance(v, int | float) or isinstance(v, bool)
-        }
+        numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        means = self.backend.all_mean(numbers)
+        # every number a float, in one key order, whatever the number of processes (a lone process's means are
+        # its own ints): metrics.jsonl has the same keys and types under any world size
+        record = {k: float(means[k]) if k in means else v for k, v in record.items()}
         record["step"] = step
         record["step_time_s"] = time.perf_counter() - t0
         self._check_finite(step, skipped)
@@ -254,43 +260,68 @@ class Trainer:
             offpolicy_gamma=None if rl is None else rl["masks"].offpolicy_gamma,
         )
         sft_items = [(q, w) for q, w in decision.sft if w > 0 and self.demo_ids(q)]
+        # each minibatch's rows, then its counts summed over data-parallel ranks (one collective per step), so the
+        # weights are those one process would compute for the global minibatch (train.dp_normalization)
+        slices = [range(mb * Q // nmb, (mb + 1) * Q // nmb) for mb in range(nmb)]
+        rl_rows = [self._rl_rows(rl, decision, q_slice, G) for q_slice in slices]
+        sft_rows = [self._sft_rows(sft_items[mb::nmb], decision.sft_coef) for mb in range(nmb)]
+        masks = []
+        for mb in range(nmb):
+            masks.append(self._rl_mask(rl, rl_rows[mb]))
+            masks.append(None if sft_rows[mb] is None else sft_rows[mb].tokens.loss_mask)
+        counts = step_counts(masks, self.backend, across_ranks=p.train.dp_normalization == "global")
+        minibatches = []
+        for mb in range(nmb):
+            rl_counts, sft_counts = counts[2 * mb], counts[2 * mb + 1]
+            groups: list[list[MicroBatch]] = [[] for _ in range(self.backend.context.num_optimizer_states)]
+            if rl_rows[mb] is not None:
+                groups[0].append(self._rl_microbatch(rl, decision, rl_rows[mb], rl_counts))
+            if sft_rows[mb] is not None:
+                groups[-1].append(self._sft_microbatch(sft_rows[mb], decision.sft_coef, sft_counts))
+            # skip a minibatch only when it is empty on every rank whose counts were summed (train_step's
+            # collectives need every rank)
+            minibatches.append(groups if rl_counts.all_rows + sft_counts.all_rows > 0 else None)
         reports = []
         opt_step = step * p.train.ppo_epochs * nmb
         for _epoch in range(p.train.ppo_epochs):
-            for mb in range(nmb):
-                q_slice = range(mb * Q // nmb, (mb + 1) * Q // nmb)
-                rl_mb = self._rl_microbatch(rl, decision, q_slice, G) if rl is not None else None
-                sft_mb = self._sft_microbatch(sft_items[mb::nmb], decision.sft_coef)
-                groups: list[list[MicroBatch]] = [
-                    [] for _ in range(self.backend.context.num_optimizer_states)
-                ]
-                if rl_mb is not None:
-                    groups[0].append(rl_mb)
-                if sft_mb is not None:
-                    groups[-1].append(sft_mb)
-                if not any(groups):
+            for groups in minibatches:
+                if groups is None:
                     continue
                 reports.append(self.backend.train_step(groups, objective, step=step, lr_step=opt_step))
                 opt_step += 1
         return reports
 
-    def _rl_microbatch(
-        self, rl: dict[str, Any], decision: MixDecision, q_slice: range, G: int
-    ) -> MicroBatch | None:
-        if decision.rl_coef <= 0:
+    def _rl_rows(
+        self, rl: dict[str, Any] | None, decision: MixDecision, q_slice: range, G: int
+    ) -> Tensor | None:
+        """Indices of the minibatch's RL rows (questions with weight 0 dropped), or None when there are none."""
+        if rl is None or decision.rl_coef <= 0:
             return None
         weights = decision.rl_weights or (1.0,) * (max(q_slice, default=-1) + 1)
         rows = [q * G + g for q in q_slice for g in range(G) if weights[q] > 0]
-        if not rows:
+        return torch.tensor(rows, dtype=torch.long) if rows else None  # [n]
+
+    def _rl_mask(self, rl: dict[str, Any] | None, idx: Tensor | None) -> Tensor | None:
+        """``[n, S]`` bool: the response tokens of rows ``idx`` that the combiner keeps in the loss."""
+        if rl is None or idx is None:
             return None
-        idx = torch.tensor(rows, dtype=torch.long)  # [n]
+        gen: Generation = rl["gen"]
+        return gen.tokens.loss_mask[idx] & (rl["masks"].token_weight[idx] > 0)  # [n, S]
+
+    def _rl_microbatch(
+        self, rl: dict[str, Any], decision: MixDecision, idx: Tensor, counts: StepCounts
+    ) -> MicroBatch:
+        G = self.parts.train.group_size
+        weights = decision.rl_weights or (1.0,) * (int(idx.max()) // G + 1)
         gen: Generation = rl["gen"]
         tokens = gen.tokens.select(idx)
         masks = rl["masks"]
         keep = masks.token_weight[idx]  # [n, S]
-        effective = tokens.loss_mask & (keep > 0)  # [n, S]
-        row_w = torch.tensor([weights[r // G] for r in rows], dtype=torch.float32)  # [n]
-        agg = self.parts.loss.token_weights(effective, max_len=self.parts.sampling.max_new_tokens)  # [n, S]
+        effective = self._rl_mask(rl, idx)  # [n, S]
+        row_w = torch.tensor([weights[int(r) // G] for r in idx], dtype=torch.float32)  # [n]
+        agg = self.parts.loss.token_weights(
+            effective, max_len=self.parts.sampling.max_new_tokens, counts=counts
+        )  # [n, S]
         tensors = {
             "advantages": rl["advantages"][idx],  # [n, S]
             "token_weights": decision.rl_coef * row_w[:, None] * keep * agg,  # [n, S]
@@ -302,16 +333,22 @@ class Trainer:
         tokens, tensors = trim(tokens, tensors)
         return MicroBatch(tokens=tokens, role="rl", tensors=tensors)
 
-    def _sft_microbatch(self, items: Sequence[tuple[int, float]], sft_coef: float) -> MicroBatch | None:
+    def _sft_rows(self, items: Sequence[tuple[int, float]], sft_coef: float) -> SFTRows | None:
+        """The minibatch's demonstration rows, or None when it trains on none."""
         if sft_coef <= 0 or not items:
             return None
         tokens: TokenBatch = demonstration_batch(
             [self.prompt_ids(q) for q, _ in items], [self.demo_ids(q) for q, _ in items], self.pad_id
         )
-        w = torch.tensor([wi for _, wi in items], dtype=torch.float32)  # [n]
-        m = tokens.loss_mask.float()  # [n, S]
-        token_w = sft_coef * w[:, None] * m / m.sum().clamp_min(1.0)  # [n, S]: weighted token-mean NLL
-        return MicroBatch(tokens=tokens, role="sft", tensors={"token_weights": token_w})
+        return SFTRows(tokens=tokens, weights=tuple(wi for _, wi in items))
+
+    def _sft_microbatch(self, rows: SFTRows, sft_coef: float, counts: StepCounts) -> MicroBatch:
+        """Weighted token-mean NLL, ``sft_coef · W · w_i · m / T``: ``T`` the minibatch's demonstration tokens over
+        the ``W = counts.ranks`` ranks whose gradients the backend averages (one rank's own with ``W = 1``)."""
+        w = torch.tensor(rows.weights, dtype=torch.float32)  # [n]
+        m = rows.tokens.loss_mask.float()  # [n, S]
+        token_w = sft_coef * counts.ranks * w[:, None] * m / max(counts.tokens, 1.0)  # [n, S]
+        return MicroBatch(tokens=rows.tokens, role="sft", tensors={"token_weights": token_w})
 
     def _feedback(
         self, step: int, decision: MixDecision, reports: list, record: dict[str, Any]

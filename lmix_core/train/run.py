@@ -16,6 +16,7 @@ from lmix_core.errors import LmixError
 from lmix_core.evaluation import append_eval, deployment, evaluate
 from lmix_core.interfaces.backend import BackendContext
 from lmix_core.train.components import Components, RewardSuite
+from lmix_core.train.logging import batch_line, quiet_other_rank
 from lmix_core.train.loop import Trainer
 
 
@@ -92,11 +93,15 @@ def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = Fal
             (out_dir / "eval.jsonl").unlink()
         if not quiet:
             print(f"lmix run: {provenance_line(recipe)}", flush=True)
+            print(f"lmix run: {batch_line(recipe.train, parts.backend.world_size)} -> {out_dir}", flush=True)
     deploy = deployment(parts.combiner, parts.eval)
 
     def run_eval(step: int) -> dict[str, Any]:
         if not parts.eval_examples:
             return {}
+        if main and not quiet and step == recipe.train.steps:
+            n = min(len(parts.eval_examples), parts.eval.max_examples or len(parts.eval_examples))
+            print(f"lmix run: evaluating on {n} held-out questions ({deploy})", flush=True)
         result = evaluate(
             parts.backend,
             parts.rewards,
@@ -120,6 +125,8 @@ def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = Fal
         if main and model_dir.exists():
             shutil.rmtree(model_dir)
         parts.backend.barrier()
+        if main and not quiet:
+            print(f"lmix run: writing the model to {model_dir}", flush=True)
         parts.backend.save_pretrained(model_dir)
     finally:
         parts.rewards.close()
@@ -147,6 +154,9 @@ def run_command(args: Any) -> int:
     """CLI entry: ``args.recipe``, ``args.out``, ``args.resume``, ``args.overrides``."""
     from lmix_core.recipe import load_recipe
 
+    t_start = time.perf_counter()
+    if not _main_process():
+        quiet_other_rank()
     recipe = load_recipe(args.recipe, tuple(args.overrides or ()))
     out = Path(args.out) if args.out else default_out_dir(recipe)
     if args.resume and not out.exists():
@@ -156,14 +166,10 @@ def run_command(args: Any) -> int:
     summary = train(recipe, out, resume=bool(args.resume))
     if not _main_process():
         return 0
-    if summary["final_eval"]:
-        ev = summary["final_eval"]
-        print(
-            f"lmix run: done in {summary['wall_time_s']:.1f}s; held-out pass@1 {ev.get('pass@1', float('nan')):.3f}"
-            f" -> {out}"
-        )
-    else:
-        print(f"lmix run: done in {summary['wall_time_s']:.1f}s -> {out}")
+    wall = time.perf_counter() - t_start  # the whole command: loading, training, evaluation, export
+    pass1 = (summary["final_eval"] or {}).get("pass@1")
+    score = "" if pass1 is None else f"; held-out pass@1 {pass1:.3f}"
+    print(f"lmix run: done in {wall:.1f}s{score} -> {out}")
     return 0
 
 
@@ -182,9 +188,9 @@ def evaluate_saved(
     during training. ``examples`` (already read and checked) replace the recipe's data; ``on_sample`` is passed to
     :func:`~lmix_core.evaluation.evaluate`.
     """
-    from lmix_core.data.checks import RecipeData
-
     import attrs
+
+    from lmix_core.data.checks import RecipeData
 
     cfg = recipe.backend.config
     refs = tuple(cfg.references) or (cfg.model,)
