@@ -363,7 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the embedded offline demo (SFT, then GRPO with logit averaging)")
     p.add_argument("--out", metavar="DIR", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, model and training (default: 0)")
-    p.add_argument("--quick", action="store_true", help="a shorter RL stage, as a smoke test")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a shorter RL stage (10 steps instead of 40)")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every stage at a micro size: a pipeline check, numbers mean nothing",
+    )
     p.set_defaults(handler=_dispatch("demo"))
 
     p = sub.add_parser(

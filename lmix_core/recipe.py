@@ -26,12 +26,15 @@ A recipe names one registered component per slot and sets the run's settings::
 :func:`load_recipe` reads the file, applies command-line overrides (``combiner.alpha=0.7``, ``rewards[0].weight=0.5``),
 resolves relative paths, then validates everything before anything heavy is built: it imports the named component
 classes to read their ``Config`` (no model is built) and collects every problem into one :class:`RecipeError`.
+:func:`recipe_from_mapping` does the same for a recipe given as a Python mapping (the TOML's shape), and
+``load_recipe("demo:grpo")`` reads a recipe shipped in the package (:mod:`lmix_core.shipped_recipes`).
 See ``docs/recipes.md`` for the full reference.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import importlib
 import math
 import os
@@ -48,6 +51,7 @@ import attrs
 from lmix_core.config import _init_fields, structure, unstructure
 from lmix_core.errors import LmixError, Problem, RecipeError, UnknownComponentError
 from lmix_core.registry import Entry, Registry
+from lmix_core.shipped_recipes import is_shipped_name, shipped_recipe
 
 #: The recipe format version this lmix reads.
 SCHEMA = 1
@@ -164,7 +168,7 @@ class Recipe:
     """A validated recipe: every component chosen and configured, every setting structured.
 
     Attributes:
-        source: the recipe file.
+        source: the recipe file (for a mapping, the ``source`` it was given).
         schema: the format version (always :data:`SCHEMA`).
         description: free text from the recipe.
         raw: the recipe as read, after overrides and path resolution, before defaults are filled in.
@@ -245,6 +249,10 @@ def _read(source: Path, label: str) -> dict[str, Any]:
         raise RecipeError(label, [Problem("", f"not UTF-8 text: {exc}")]) from None
     except OSError as exc:
         raise RecipeError(label, [Problem("", f"cannot be read: {exc}")]) from None
+    return _parse(text, label)
+
+
+def _parse(text: str, label: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -568,7 +576,8 @@ def load_recipe(
     """Read, override, resolve and validate a recipe.
 
     Args:
-        path: the TOML file.
+        path: the TOML file, or a shipped recipe's ``set:name`` (``demo:grpo``, :mod:`lmix_core.shipped_recipes`),
+            whose relative paths then resolve against the working directory.
         overrides: ``KEY=VALUE`` strings applied after reading (see :func:`parse_override`).
         registries: registries by kind; defaults to :data:`lmix_core.registries.REGISTRIES` (tests pass fresh
             ones).
@@ -580,13 +589,116 @@ def load_recipe(
         RecipeError: every problem found (missing file, bad TOML, bad overrides, unknown keys or types, wrong
             types, out-of-range values, missing tables, plugins that fail to import), at once.
     """
+    label = str(path)
+    if isinstance(path, str) and is_shipped_name(path) and not Path(path).exists():
+        resource = shipped_recipe(path)
+        data = _parse(resource.read_text(encoding="utf-8"), label)
+        source, recipe_dir = Path(str(resource)), Path.cwd()
+    else:
+        source = Path(path)
+        data = _read(source, label)
+        recipe_dir = source.resolve().parent
+    return _validate(
+        data, [], overrides, label=label, source=source, recipe_dir=recipe_dir, registries=registries
+    )
+
+
+def recipe_from_mapping(
+    mapping: Mapping[str, Any],
+    overrides: Iterable[str] = (),
+    *,
+    source: str = "<mapping>",
+    base_dir: str | os.PathLike[str] | None = None,
+    registries: Mapping[str, Registry] | None = None,
+) -> Recipe:
+    """Validate a recipe given as a Python mapping: the checks and the :class:`RecipeError` of :func:`load_recipe`.
+
+    The mapping has the TOML file's shape: tables are mappings, arrays of tables are sequences of mappings, and
+    values are TOML values (strings, numbers, booleans, dates and times, arrays and tables of them). Two
+    conveniences: a :class:`~pathlib.PurePath` value is taken as its string, a tuple as an array. Anything else
+    (``None``, objects, non-string keys) is reported as a problem at its path, with the others.
+
+    Example::
+
+        from lmix_core.shipped_recipes import shipped_mapping
+
+        data = shipped_mapping("demo:grpo_logit_average")
+        data["combiner"]["alpha"] = 0.7
+        data["data"]["train"] = Path("my/train.jsonl")
+        recipe = recipe_from_mapping(data, source="my experiment")
+
+    Args:
+        mapping: the recipe's tables; not modified.
+        overrides: ``KEY=VALUE`` strings applied after it, as on the command line.
+        source: what error messages call the recipe (its ``Recipe.source`` is ``Path(source)``).
+        base_dir: where relative paths resolve; ``None`` means the working directory.
+        registries: as for :func:`load_recipe`.
+
+    Raises:
+        RecipeError: every problem found, at once.
+    """
+    problems: list[Problem] = []
+    data = _plain(mapping, "", problems)
+    recipe_dir = Path.cwd() if base_dir is None else Path(base_dir).resolve()
+    return _validate(
+        data,
+        problems,
+        overrides,
+        label=source,
+        source=Path(source),
+        recipe_dir=recipe_dir,
+        registries=registries,
+    )
+
+
+_NOT_TOML = object()
+
+
+def _plain(value: Any, path: str, problems: list[Problem]) -> Any:
+    """``value`` as plain TOML data (dicts, lists, scalars); values TOML cannot hold become problems."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(Problem(path, f"keys must be strings (got {key!r})"))
+                continue
+            plain = _plain(item, f"{path}.{key}" if path else key, problems)
+            if plain is not _NOT_TOML:
+                out[key] = plain
+        return out
+    if isinstance(value, list | tuple):
+        items = [_plain(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+        return [item for item in items if item is not _NOT_TOML]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, str | bool | int | float | datetime.date | datetime.time):
+        return value
+    problems.append(
+        Problem(
+            path,
+            f"is not a TOML value (got {value!r})",
+            "use strings, numbers, booleans, dates, arrays and tables; leave a key out for its default",
+        )
+    )
+    return _NOT_TOML
+
+
+def _validate(
+    data: dict[str, Any],
+    problems: list[Problem],
+    overrides: Iterable[str],
+    *,
+    label: str,
+    source: Path,
+    recipe_dir: Path,
+    registries: Mapping[str, Registry] | None,
+) -> Recipe:
+    """Override, resolve and validate recipe data read from a file or given as a mapping (modified in place)."""
     if registries is None:
         from lmix_core.registries import REGISTRIES as registries
-    source = Path(path)
-    label = str(path)
-    data = _read(source, label)
-    problems, overridden = apply_overrides(data, overrides)
-    bases = _Bases(source.resolve().parent, Path.cwd(), tuple(overridden))
+    more, overridden = apply_overrides(data, overrides)
+    problems = [*problems, *more]
+    bases = _Bases(recipe_dir, Path.cwd(), tuple(overridden))
     raw = copy.deepcopy(data)
 
     schema = data.get("schema")
@@ -812,4 +924,5 @@ __all__ = [
     "dump_toml",
     "load_recipe",
     "parse_override",
+    "recipe_from_mapping",
 ]

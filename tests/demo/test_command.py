@@ -11,22 +11,18 @@ from lmix_core.demo import command
 
 
 def test_demo_runs_every_stage_and_writes_its_summary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(command.DEMO, "train_size", 64)
-    monkeypatch.setitem(command.DEMO, "eval_size", 8)
-    small = ["train.steps=2", "backend.warmup_steps=0", "backend.total_steps=2", "train.prompts_per_step=4"]
     summary = command.run_demo(
         tmp_path,
         seed=3,
         wandb="disabled",
-        sft_overrides=small,
-        rl_overrides=[
-            "train.steps=2",
-            "train.prompts_per_step=2",
-            "train.group_size=2",
-            "sampling.max_new_tokens=8",
-        ],
+        sizes={"train_size": 64, "eval_size": 8},
+        sft={"train": {"steps": 2, "prompts_per_step": 4}, "backend": {"warmup_steps": 0, "total_steps": 2}},
+        rl={
+            "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2},
+            "sampling": {"max_new_tokens": 8},
+        },
     )
     out = capsys.readouterr().out
     assert "[3/3]" in out and "RL gain over SFT" in out
