@@ -183,7 +183,8 @@ def aggregation_weights(
         ``[N, S]`` float32, 0 outside ``mask``; all zeros for an empty mask.
 
     Raises:
-        LmixError: on an unknown mode or rows, a mask that is not 2-D, or ``max_len < 1``.
+        LmixError: on an unknown mode or rows, a mask that is not 2-D, ``max_len < 1``, or ``counts`` smaller than
+            the mask's own counts.
     """
     fn = _WEIGHTS.get(mode)
     if fn is None:
@@ -195,5 +196,13 @@ def aggregation_weights(
     if int(max_len) < 1:
         raise LmixError(f"'max_len' must be >= 1 (got {max_len!r})")
     m = (mask != 0).to(torch.float32)  # [N, S]
-    c = StepCounts.of(mask) if counts is None else counts
+    local = StepCounts.of(mask)
+    if counts is not None and (
+        local.tokens > counts.tokens or local.rows > counts.rows or local.all_rows > counts.all_rows
+    ):
+        raise LmixError(
+            f"aggregation counts {counts} are smaller than this mask's own {local}; "
+            "pass the step's counts summed over every data-parallel rank"
+        )
+    c = local if counts is None else counts
     return fn(m, int(max_len), c, rows) * float(c.ranks)  # [N, S]

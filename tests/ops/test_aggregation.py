@@ -197,6 +197,8 @@ def test_errors():
         aggregation_weights(mask, "seq-mean-token-sum-norm", 0)
     with pytest.raises(LmixError, match="'agg_rows' must be one of"):
         aggregation_weights(mask, "token-mean", 3, rows="some")  # type: ignore[arg-type]
+    with pytest.raises(LmixError, match="summed over every data-parallel rank"):
+        aggregation_weights(MASK, "token-mean", 3, StepCounts.of(MASK[:1]))
 
 
 def test_step_counts_by_hand():
