@@ -13,7 +13,7 @@ from lmix_core.types import MixDecision, MixerInputs, StepPlan
 
 @final
 class ParallelAverage(Mixer):
-    r"""Parallel averaging (Bansal et al., arXiv 2606.04272, "RL Excursions during Pre-Training"; the note's §2).
+    r"""Parallel averaging (Bansal et al., arXiv 2606.04272, "RL Excursions during Pre-Training").
 
     Every step computes both gradients at the same snapshot θ̄ and sends each through its own optimiser state
     (independent AdamW moments), then averages the *updates*::
@@ -24,7 +24,10 @@ class ParallelAverage(Mixer):
 
     The mixer sets ``num_optimizer_states = 2`` (state 0 takes the RL micro-batches, state 1 the SFT ones) and
     ``update_weights = (w, 1 − w)``; backends apply them with :func:`lmix_core.ops.update_average.step_averaged`.
-    Both loss coefficients are 1, since the combination happens on the updates. [U] the SFT batch is the
+    Both loss coefficients are 1, since the combination happens on the updates. A step (or minibatch) whose RL or
+    SFT group is empty on every rank, e.g. no question of the step has a demonstration, applies the other update
+    at full weight and leaves the idle state's moments alone (``update_average.present_weights``): lmix's choice,
+    so that a missing half never silently halves the step. [U] the SFT batch is the
     demonstrations of the step's own questions (the paper does not say whether the two batches share questions),
     and both states use the run's learning rate (η_RL, η_SFT are not given).
     """

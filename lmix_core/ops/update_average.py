@@ -1,12 +1,19 @@
 """Update averaging: several optimiser states step from one parameter snapshot, their updates are averaged.
 
-RL Excursions (arXiv 2606.04272, algorithm box of the authors' page; the note's §2)::
+RL Excursions (Bansal et al., arXiv 2606.04272, "RL Excursions during Pre-Training"; the algorithm box of the
+authors' page)::
 
     θ̄ ← θ                                        # snapshot
     Δ_k = OptUpdate_k(g_k at θ̄; s_k)             # each optimiser k has its own state s_k (AdamW moments)
     θ ← θ̄ + Σ_k w_k Δ_k                          # RL Excursions: K = 2, w = (½, ½)
 
 Backends call :func:`step_averaged` when a mixer sets ``num_optimizer_states = 2`` (``parallel_average``).
+
+An empty group: a state whose group had no micro-batch this step (on any data-parallel rank; e.g. a step whose
+questions have no demonstrations) takes no part: its optimiser does not step (moments and step count untouched)
+and the present states' weights are rescaled to keep the total (:func:`present_weights`). For
+``parallel_average`` a step without SFT rows is then a plain RL step at full weight (and vice versa), not half of
+one. lmix's choice: the paper pairs every RL batch with an SFT batch.
 
 Weight decay: AdamW's decoupled decay is part of each Δ_k (``−lr_k · wd_k · θ̄``), so the average applies
 ``−(Σ_k w_k lr_k wd_k) · θ̄``: with weights summing to 1 and equal ``lr``/``wd`` the decay is applied once, at the
@@ -21,7 +28,27 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["step_averaged"]
+__all__ = ["present_weights", "step_averaged"]
+
+
+def present_weights(weights: Sequence[float], present: Sequence[bool]) -> tuple[float, ...]:
+    """``w'_k = w_k · Σ_j w_j / Σ_{j present} w_j`` for present states, 0 for absent ones.
+
+    With every state present the weights are unchanged; with ``(w, 1 − w)`` and one state absent the other gets
+    1. When the present states' weights sum to 0 they stay 0 (their updates were weighted out anyway).
+
+    Args:
+        weights: ``K`` finite weights.
+        present: ``K`` flags: whether state ``k`` received a gradient this step.
+    """
+    if len(weights) != len(present):
+        raise ValueError(f"'present' must have one flag per weight (got {len(present)} for {len(weights)})")
+    w = [float(x) for x in weights]
+    total = sum(w)
+    kept = sum(x for x, on in zip(w, present, strict=True) if on)
+    if kept == 0.0:
+        return tuple(0.0 for _ in w)
+    return tuple((x * total) / kept if on else 0.0 for x, on in zip(w, present, strict=True))
 
 
 def step_averaged(
@@ -29,6 +56,8 @@ def step_averaged(
     grads: Sequence[Sequence[Tensor | None]],
     optimizers: Sequence[torch.optim.Optimizer],
     weights: Sequence[float],
+    *,
+    present: Sequence[bool] | None = None,
 ) -> None:
     """Step each optimiser from the same snapshot θ̄ and set ``θ ← θ̄ + Σ_k w_k Δ_k`` in place.
 
@@ -45,6 +74,8 @@ def step_averaged(
             optimiser skips it, so its Δ is 0 there).
         optimizers: ``K`` optimisers, one per state.
         weights: ``K`` finite weights ``w_k`` of the updates.
+        present: ``K`` flags, False for a state whose group was empty this step: that optimiser is not stepped
+            and the weights become :func:`present_weights` (``None``: every state is present).
 
     Raises:
         ValueError: mismatched lengths, non-finite weights, or an optimiser owning a parameter not in ``params``.
@@ -75,8 +106,15 @@ def step_averaged(
                         f"optimiser {k} owns a parameter that is not in 'params' (shape {tuple(p.shape)})"
                     )
 
+    if present is not None:
+        w = list(present_weights(w, present))
+        keep = [k for k in range(K) if present[k]]
+        grads, optimizers, w = [grads[k] for k in keep], [optimizers[k] for k in keep], [w[k] for k in keep]
+        K = len(keep)
     with torch.no_grad():
-        if K == 1 and w[0] == 1.0:
+        if K == 0:
+            pass  # no state received a gradient: nothing moves, no optimiser state changes
+        elif K == 1 and w[0] == 1.0:
             _step(params, grads[0], optimizers[0])
         elif K == 2 and sum(w) == 1.0:
             _step_two_convex(params, grads, optimizers, w)

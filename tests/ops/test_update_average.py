@@ -1,4 +1,4 @@
-"""Update averaging from one snapshot with independent optimiser states (RL Excursions, the note's §2 and §8)."""
+"""Update averaging from one snapshot with independent optimiser states (RL Excursions, arXiv 2606.04272)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmix_core.ops.update_average import step_averaged
+from lmix_core.ops.update_average import present_weights, step_averaged
 
 
 def _params(*values: list[float]) -> list[torch.nn.Parameter]:
@@ -176,3 +176,50 @@ def test_rejects_malformed_calls():
         step_averaged([a], [g], [torch.optim.SGD([a], lr=1.0)], [float("nan")])
     with pytest.raises(ValueError, match="not in 'params'"):
         step_averaged([a], [g], [torch.optim.SGD([a, b], lr=1.0)], [1.0])
+
+
+@pytest.mark.parametrize(
+    ("weights", "present", "expected"),
+    [
+        ((0.5, 0.5), (True, True), (0.5, 0.5)),
+        ((0.5, 0.5), (True, False), (1.0, 0.0)),
+        ((0.3, 0.7), (False, True), (0.0, 1.0)),
+        ((0.3, 0.7), (True, False), (1.0, 0.0)),
+        ((0.2, 0.3, 0.5), (True, False, True), (0.2 / 0.7, 0.0, 0.5 / 0.7)),
+        ((0.0, 1.0), (True, False), (0.0, 0.0)),
+        ((0.5, 0.5), (False, False), (0.0, 0.0)),
+    ],
+)
+def test_present_weights_rescale_to_the_same_total(weights, present, expected):
+    """w'_k = w_k · Σw / Σ_present w; an absent state gets 0; present weights summing to 0 stay 0."""
+    assert present_weights(weights, present) == pytest.approx(expected, abs=1e-15)
+
+
+def test_empty_group_applies_the_other_update_at_full_weight_and_leaves_its_state_alone():
+    """w = (0.3, 0.7), the SFT state absent: θ' = θ̄ + Δ_RL, exactly a solo AdamW step (not 0.3 of it); the
+    absent optimiser's state stays empty (no moments, no step count)."""
+    gen = torch.Generator().manual_seed(5)
+    theta = [torch.randn(3, 2, generator=gen, dtype=torch.float64)]
+    g_rl = [torch.randn(3, 2, generator=gen, dtype=torch.float64)]
+    make = lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)
+    params = [torch.nn.Parameter(theta[0].clone())]
+    opts = [make(params), make(params)]
+    step_averaged(
+        params, [g_rl, [torch.zeros(3, 2, dtype=torch.float64)]], opts, [0.3, 0.7], present=[True, False]
+    )
+    solo, solo_opt = _solo(theta, g_rl, make)
+    torch.testing.assert_close(params[0].detach(), solo[0], atol=0, rtol=0)
+    assert not opts[1].state
+    torch.testing.assert_close(
+        opts[0].state[params[0]]["exp_avg"], solo_opt.state[solo_opt.param_groups[0]["params"][0]]["exp_avg"]
+    )
+    assert params[0].grad is None
+
+
+def test_no_present_state_moves_nothing():
+    (p,) = _params([1.0, 2.0])
+    opts = [torch.optim.SGD([p], lr=1.0), torch.optim.SGD([p], lr=1.0)]
+    one = torch.ones(2, dtype=torch.float64)
+    step_averaged([p], [[one], [one]], opts, [0.5, 0.5], present=[False, False])
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, 2.0], dtype=torch.float64), atol=0, rtol=0)
+    assert p.grad is None

@@ -46,7 +46,8 @@ class HFBackend(TrainerBackend):
     that rank's share). The pre-clip norm is reported, the gradient clipped to ``grad_clip`` and AdamW steps at
     ``lr_at(lr_step)`` (the optimiser-step count; the combiner's mix reads the loop ``step``). With two optimiser
     states (``parallel_average``), group ``k`` goes through AdamW state ``k``
-    and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k``. A non-finite loss or
+    and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k`` (a group empty on every rank
+    takes no part: its state does not step and the other weights are rescaled to the same total). A non-finite loss or
     gradient norm leaves every parameter and optimiser state untouched and returns ``skipped=True``.
 
     Seeding: construction seeds torch's global generator with ``context.seed + rank`` (dropout, if the model
@@ -363,7 +364,12 @@ class HFBackend(TrainerBackend):
         if K == 1:
             self._optimizers[0].step()
         else:
-            step_averaged(self._params, grads, self._optimizers, self.context.update_weights)
+            # a group empty on every rank takes no part: its state does not step, the others' weights rescale
+            flags = distributed.mean_over_ranks(
+                {str(k): float(bool(g)) for k, g in enumerate(groups)}, self._topology
+            )
+            present = [flags[str(k)] > 0.0 for k in range(K)]
+            step_averaged(self._params, grads, self._optimizers, self.context.update_weights, present=present)
         for p in self._params:
             p.grad = None
         return StepReport(loss=loss, grad_norms=tuple(norms), skipped=False, metrics=metrics)

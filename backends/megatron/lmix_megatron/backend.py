@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lmix_core.errors import BackendError, ConfigError
 from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
+from lmix_core.ops.update_average import present_weights
 from lmix_core.types import Generation, GenerationRequest, MicroBatch, StepReport, TokenBatch, TokenStats
 from lmix_megatron import batching, checkpoint, compat, parallel, vocab_parallel
 from lmix_megatron.batching import Packed
@@ -677,7 +678,9 @@ class MegatronBackend(TrainerBackend):
             self._clip(self.optimizer, norms[0])
             self.optimizer.step_with_ready_grads()
         elif finite:
-            self._averaged_step(grads, norms)
+            # a group empty on every DP replica takes no part: its state does not step, the others' weights rescale
+            flags = self.all_mean({str(k): float(bool(g)) for k, g in enumerate(groups)})
+            self._averaged_step(grads, norms, [flags[str(k)] > 0.0 for k in range(n_states)])
         if finite:
             self._version += 1
         self.model.zero_grad_buffer()
@@ -756,21 +759,26 @@ class MegatronBackend(TrainerBackend):
         opt = getattr(self.optimizers[k], "chained_optimizers", [self.optimizers[k]])[0]
         return [p for group in opt.optimizer.param_groups for p in group["params"]]
 
-    def _averaged_step(self, grads: list[list[Tensor]], norms: list[float]) -> None:
+    def _averaged_step(self, grads: list[list[Tensor]], norms: list[float], present: list[bool]) -> None:
         r"""Parallel update averaging over the optimiser states: ``θ ← θ̄ + Σ_k w_k Δ_k``.
 
         Each state's AdamW steps from the same snapshot ``θ̄`` with its own group's gradient (clipped by that
         group's norm), as ``lmix_core.ops.update_average.step_averaged`` does for the HF backend; here on the
         distributed optimizer's fp32 main shards, then the model parameters are refreshed and all-gathered over DP.
-        Memory: two extra fp32 copies of this rank's shard per state.
+        Memory: two extra fp32 copies of this rank's shard per state. A state whose group was empty on every
+        replica (``present[k]`` False) is not stepped and the weights are
+        ``lmix_core.ops.update_average.present_weights``, as ``step_averaged`` does.
         """
-        weights = self.context.update_weights
+        weights = present_weights(self.context.update_weights, present)
         inners = [getattr(o, "chained_optimizers", [o])[0] for o in self.optimizers]
         mains = [self._main_params(k) for k in range(len(inners))]
         with torch.no_grad():
             snapshot = [p.detach().clone() for p in mains[0]]  # θ̄
             stepped = []
             for k, inner in enumerate(inners):
+                if not present[k]:
+                    stepped.append(snapshot)  # Δ_k = 0 with weight 0; moments and step count untouched
+                    continue
                 clip = self.config.grad_clip
                 coef = min(1.0, clip / (norms[k] + 1e-6)) if clip > 0 else 1.0
                 for p, s, g in zip(mains[k], snapshot, grads[k], strict=True):
