@@ -20,8 +20,9 @@ Layout and conventions:
     * ``temperature = 0`` is greedy decoding; log-probs are then reported at temperature 1.
     * ``top_p < 1`` samples from the nucleus, but the reported log-probs are those of the full tempered
       distribution, which is what :meth:`TrainerBackend.score` recomputes.
-    * A row ends at its first EOS token (forced or sampled) or at the token whose text completes a stop string;
-      the stop string, and anything else that token decodes to, is kept.
+    * A row ends at its first EOS token (forced or sampled) or at the sampled token whose text completes a stop
+      string; the stop string, and anything else that token decodes to, is kept. Stop strings are searched in the
+      sampled text only: a forced prefix (a demonstration) that contains one is fed whole, never cut.
     * Seeding: one ``torch.Generator`` seeded with ``request.seed`` drives every draw, so the same request, seed,
       models and device give the same tokens. A row's tokens depend on the whole batch (draws are made for the
       batch at once, in row order), so the same prompt in a different batch may get a different sample.
@@ -246,6 +247,7 @@ def _decode(
             forced[i, : len(f)] = torch.tensor(f, dtype=torch.long)
             is_forced[i, : len(f)] = True
     forced, is_forced = forced.to(device), is_forced.to(device)
+    n_forced = [len(f) for f in request.forced] if request.forced else [0] * B
 
     prompt_pos = position_ids(prompt_mask)  # [B, P]
     step_pos = prompt_len[:, None] + torch.arange(M, device=device)[None]  # [B, M]
@@ -301,10 +303,13 @@ def _decode(
         lengths += ~done
         finished = is_eos[tok] & ~done  # [B]
         if stops:
-            live = (~done).nonzero().flatten().tolist()
+            # only sampled tokens can complete a stop string: a row's forced prefix (a demonstration) is never
+            # searched, like the prompt, so a stop string inside it cannot cut it
+            live = [b for b in (~done).nonzero().flatten().tolist() if j >= n_forced[b]]
             lo = max(0, j + 1 - stops.window)
-            tails = tokens[live, lo : j + 1].tolist()
-            for b, hit in zip(live, stops.hits(tails)):
+            window = tokens[live, lo : j + 1].tolist()
+            tails = [row[max(0, n_forced[b] - lo) :] for b, row in zip(live, window)]
+            for b, hit in zip(live, stops.hits(tails) if live else []):
                 if hit:
                     finished[b] = True
         ended |= finished

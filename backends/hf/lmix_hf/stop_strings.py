@@ -3,8 +3,9 @@
 A stop string that appears for the first time at step ``t`` ends inside the token sampled at ``t`` and starts at
 most ``len(stop.encode())`` tokens earlier (each token decodes to at least one byte), so decoding the last
 ``max_bytes + 1`` response tokens of each row finds it exactly, at a cost independent of the response length.
-Tails are decoded with special tokens kept, so a stop string may name one (``"<|im_end|>"``); the prompt is never
-searched.
+Tails are decoded with special tokens kept, so a stop string may name one (``"<|im_end|>"``); the prompt and a
+row's forced prefix are never searched (the sampler passes only the sampled tokens of each row's tail), so only a
+sampled token can complete a stop string.
 """
 
 from __future__ import annotations

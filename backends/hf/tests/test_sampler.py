@@ -202,6 +202,32 @@ def test_stop_string_ends_row_and_is_kept(model_dirs, tokenizer):
     assert stopped.generation.completions[1] == expected_other
 
 
+def test_stop_string_inside_a_forced_prefix_does_not_cut_it(model_dirs, tokenizer):
+    """Only sampled tokens can stop a row: a forced prefix "abcabc" containing the stop string "bc" is fed whole,
+    and the row then stops at the first "bc" of the sampled text (or runs to max_new_tokens). Checked for a stop
+    string inside the prefix and for one taken from the sampled continuation, against the unstopped greedy run."""
+    model = load_plain(model_dirs["policy"])
+    sampler = Sampler(tokenizer, eos_token_ids=())
+    mix = ascii_only(tokenizer)
+    ps = prompts(tokenizer, 2)
+    prefix = "abcabc"
+    forced = (tuple(ord(c) for c in prefix), ())
+    request = GenerationRequest(prompt_ids=ps, forced=forced, max_new_tokens=12, temperature=0.0)
+    free = sampler.sample(request, model, mix=mix).generation.completions[0]
+    assert free.startswith(prefix) and len(free) == 12
+
+    def expected(stop: str) -> str:
+        i = free[len(prefix) :].find(stop)  # the sampled text only
+        return free if i < 0 else free[: len(prefix) + i + len(stop)]
+
+    for stop in ("bc", free[8:10]):
+        out = sampler.sample(attrs.evolve(request, stop=(stop,)), model, mix=mix).generation
+        assert out.completions[0] == expected(stop), stop
+        assert out.prefix_mask[0].sum().item() == len(prefix)
+    # the stop string of the sampled continuation does stop the row before max_new_tokens
+    assert len(expected(free[8:10])) <= 10
+
+
 def test_forced_prefix_is_fed_and_marked(model_dirs, tokenizer):
     """Forced tokens are fed as the first response tokens, marked in prefix_mask, and their log-probs under the
     sampling distribution equal ``score``; unforced rows in the same batch sample normally."""
