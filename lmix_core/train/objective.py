@@ -21,6 +21,12 @@ class StepObjective:
     Token weights arrive precomputed in ``mb.tensors["token_weights"]`` (aggregation × mixer × combiner weights), so
     the sum over a step's micro-batches is the step's loss whatever the micro-batch split.
 
+    Temperature: the backend scores every row, SFT rows included, at ``temperature`` (the sampling temperature),
+    so the SFT term is the NLL of the demonstrations under ``softmax(z_θ / T)``, the distribution the rollouts come
+    from (verl's actor likewise divides every row's logits by the rollout temperature, so verl-based mixed methods
+    train their off-policy rows at it). Its metric is named for that: ``sft_nll_tempered``, the token mean of
+    ``−log softmax(z_θ / T)(y*)``; it is the plain NLL only at ``T = 1``.
+
     Attributes:
         loss: the recipe's policy loss.
         mixer: the recipe's mixer (its ``sft_token_weights`` shapes the SFT NLL, e.g. CHORD's φ).
@@ -74,7 +80,8 @@ class StepObjective:
         phi = self.mixer.sft_token_weights(stats.logp.detach())  # [N, S], no gradient through φ
         w = batch.tensors["token_weights"] * phi  # [N, S]
         nll = -(w * stats.logp).sum()  # []
-        return LossOutput(loss=nll, metrics={"sft_nll": _masked_mean(-stats.logp.detach(), mask)})
+        # at the sampling temperature (see the class docstring), hence the name
+        return LossOutput(loss=nll, metrics={"sft_nll_tempered": _masked_mean(-stats.logp.detach(), mask)})
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
