@@ -91,15 +91,25 @@ class Tracker:
             self.run.finish()
 
 
-def batch_line(train: Any, world_size: int) -> str:
-    """The start line's batch: ``prompts_per_step`` is per process, so the global batch is world size times it.
+def batch_line(train: Any, replicas: int, processes: int | None = None) -> str:
+    """The start line's batch: ``prompts_per_step`` is per data-parallel replica, so the global batch is the
+    number of replicas times it.
 
-    ``2 processes x 2 prompts x 4 rollouts: global batch 4 prompts, 16 completions per step; 3 steps``.
+    ``2 processes x 2 prompts x 4 rollouts: global batch 4 prompts, 16 completions per step; 3 steps``; with tensor
+    or pipeline parallelism (``processes`` > ``replicas``, e.g. megatron with tp = 2):
+    ``4 processes = 2 data-parallel replicas x 2 prompts x 4 rollouts: ...``.
+
+    Args:
+        replicas: data-parallel replicas (the backend's ``world_size``).
+        processes: all processes of the job; default ``WORLD_SIZE`` from the environment (1 without torchrun).
     """
-    W, Q, G = world_size, train.prompts_per_step, train.group_size
-    procs = f"{W} process" + ("es" if W != 1 else "")
+    W, Q, G = replicas, train.prompts_per_step, train.group_size
+    n = int(os.environ.get("WORLD_SIZE", "1")) if processes is None else processes
+    who = f"{n} process" + ("es" if n != 1 else "")
+    if n != W:
+        who += f" = {W} data-parallel replica" + ("s" if W != 1 else "")
     return (
-        f"{procs} x {Q} prompts x {G} rollouts: global batch {W * Q} prompts, {W * Q * G} completions per step; "
+        f"{who} x {Q} prompts x {G} rollouts: global batch {W * Q} prompts, {W * Q * G} completions per step; "
         f"{train.steps} steps"
     )
 

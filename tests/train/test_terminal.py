@@ -133,13 +133,18 @@ def test_two_processes_print_once_from_rank_0(tiny_run_inputs, tmp_path):
 
 
 def test_batch_line_counts_every_process() -> None:
-    """prompts_per_step is per process: the global batch is world size x prompts (x rollouts)."""
+    """prompts_per_step is per data-parallel replica: the global batch is replicas x prompts (x rollouts); the
+    process count is stated too, and told apart from the replicas under tensor/pipeline parallelism."""
 
     class Train:
         prompts_per_step, group_size, steps = 8, 16, 100
 
-    assert batch_line(Train, 4) == (
+    assert batch_line(Train, 4, 4) == (
         "4 processes x 8 prompts x 16 rollouts: global batch 32 prompts, 512 completions per step; 100 steps"
+    )
+    assert batch_line(Train, 2, 8) == (  # e.g. megatron with tp x pp = 4
+        "8 processes = 2 data-parallel replicas x 8 prompts x 16 rollouts: global batch 16 prompts, 256 "
+        "completions per step; 100 steps"
     )
 
 
