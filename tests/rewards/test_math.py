@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +254,22 @@ def test_config_validation():
         build(Math.Config, {"fallback": "first_number"})
     with pytest.raises(ConfigError, match="'max_answer_chars' must be >= 1"):
         build(Math.Config, {"max_answer_chars": 0})
+
+
+CORPUS = Path(__file__).with_name("math_corpus.jsonl")
+
+
+def test_corpus_verdicts():
+    """Every case of the math corpus (71 in 6 families: equivalent and different forms, extraction, reward hacking,
+    answer lists, costly expressions) gets the expected score, and the expected reason where one is given."""
+    rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) >= 70 and len({row["family"] for row in rows}) == 6
+    verifier = Math.default()
+    misses = []
+    for row in rows:
+        v = verifier.score_one(
+            RewardInput(prompt="", completion=row["completion"], reference=row["reference"])
+        )
+        if v.score != row["expect"] or not v.reason.startswith(row.get("reason", "")):
+            misses.append((row, v))
+    assert misses == []
