@@ -7,10 +7,10 @@ Run by hand::
 
 Measures, on the same generated samples:
 
-    pool        ``RewardPool(workers=W).score([Math], samples)``: worker processes, per-sample 2 s limit. The pool is
-                started first (start-up reported separately) and the batch is scored twice: ``cold`` (each worker's
-                first sight of these answers) and ``warm`` (the per-process parse caches are filled, as when a group's
-                rollouts repeat an answer across steps).
+    pool        ``RewardPool(workers=W).score([Math], samples)``: worker processes, per-sample limit ``--timeout``
+                (the pool's default, 1 s). The pool is started first (start-up reported separately) and the batch is
+                scored twice: ``cold`` (each worker's first sight of these answers) and ``warm`` (the per-process
+                parse caches are filled, as when a group's rollouts repeat an answer across steps).
     in_process  ``Math().score(samples)`` in this process: the verifier's own cost without the pool.
     direct      a plain loop calling math-verify directly, as one would without lmix:
                 ``verify(parse("$" + reference + "$"), parse(completion))`` (math-verify extracts the answer itself).
@@ -39,7 +39,7 @@ import sys
 import time
 
 from lmix_core.rewards.math import Math
-from lmix_core.rewards.pool import RewardPool
+from lmix_core.rewards.pool import DEFAULT_TIMEOUT_S, RewardPool
 from lmix_core.types import RewardInput
 
 STEPS = [
@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=10_000, help="completions to score")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--timeout", type=float, default=2.0, help="per-sample limit in the pool (s)")
+    p.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-sample limit in the pool (s)"
+    )
     p.add_argument(
         "--baseline-n", type=int, default=None, help="samples for the in-process runs (default: --n)"
     )
