@@ -1,6 +1,6 @@
 """GRPO step time: lmix versus TRL's GRPOTrainer on the same workload, same machine, same run.
 
-Workload (issue 5): random-init Qwen2 with vocab 2048, hidden 256, 4 layers (~4M parameters); 16 completions of
+Workload: random-init Qwen2 with vocab 2048, hidden 256, 4 layers (~4M parameters); 16 completions of
 32 new tokens per step, 8 per prompt; no KL. Both sides sample exactly 32 tokens (EOS suppressed by a reward-free
 tokenizer setup: the prompts never lead to EOS early at random init, and both are capped at 32).
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's two commands:
 #   bash scripts/lmix.sh demo   set up .venv from scratch if needed, then run the embedded demo
-#   bash scripts/lmix.sh test   set up if needed, then lint and run the whole test suite
-# Also: `setup` (only set up), `run ARGS...` (the lmix CLI inside the venv).
+#   bash scripts/lmix.sh test   set up if needed, then lint, run the whole test suite and the wheel smoke test
+# Also: `setup` (only set up), `run ARGS...` (the lmix CLI inside the venv), `wheel-smoke` (only the wheel test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LMIX_VENV:-.venv}
@@ -19,6 +19,49 @@ setup() {
 
 ensure() { [ -f "$VENV/.lmix-setup-done" ] || setup; }
 
+# Build the lmix and lmix-hf wheels, install them (not editable) into a clean virtual environment outside the
+# checkout, and use them from an empty directory the way a user would: list the components and the shipped recipes,
+# run the demo at its micro size, then train one step from a shipped recipe on the demo's outputs. Fails on any
+# Python warning in the output (lmix's own code must not cause any).
+wheel_smoke() {
+    local root tmp
+    root=$(pwd)
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmix-wheel-smoke.XXXXXX")
+    WHEEL_SMOKE_TMP=$tmp
+    trap 'rm -rf "$WHEEL_SMOKE_TMP"' EXIT
+    # Build from a copy of the sources, so stale build/ folders in the checkout cannot leak into the wheels.
+    mkdir "$tmp/src" "$tmp/wheels" "$tmp/work"
+    tar -cf - --exclude=./.venv --exclude=./.git --exclude=./runs --exclude='./*/build' --exclude=./build \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=wandb . | tar -xf - -C "$tmp/src"
+    "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$tmp/wheels" \
+        "$tmp/src" "$tmp/src/backends/hf" >/dev/null
+    "$PY" -m venv "$tmp/venv"
+    # torch first and pinned, as in setup: the local CPU wheel, never the CUDA build.
+    "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+    "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "$tmp"/wheels/*.whl
+    (
+        cd "$tmp/work"
+        export PATH="$tmp/venv/bin:$PATH" WANDB_MODE=disabled
+        unset PYTHONPATH
+        where=$(python -c 'import lmix_core, lmix_hf; print(lmix_core.__file__, lmix_hf.__file__)')
+        case "$where" in "$tmp/venv/"*" $tmp/venv/"*) ;; *) echo "wheel-smoke: imported from $where" >&2; exit 1 ;; esac
+        set -x
+        lmix components > components.txt && grep -q "lmix-hf 0.1.0" components.txt
+        lmix recipes > recipes.txt && grep -q "demo:grpo_logit_average" recipes.txt
+        lmix demo --smoke 2> demo.err
+        lmix run demo:grpo_logit_average --out runs/mine train.steps=1 train.prompts_per_step=2 \
+            train.group_size=2 sampling.max_new_tokens=8 2> run.err
+        set +x
+        test -f runs/demo/summary.json && test -f runs/mine/summary.json
+        if grep -hE "[A-Za-z]*Warning:" demo.err run.err; then
+            echo "wheel-smoke: the runs above printed Python warnings" >&2
+            exit 1
+        fi
+    )
+    cd "$root"
+    echo "wheel-smoke: ok (lmix and lmix-hf wheels, installed in a clean venv, used from an empty directory)"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -28,8 +71,10 @@ case "$cmd" in
         ensure
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
-        HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} exec "$VENV/bin/python" -m pytest -q "$@"
+        HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -q "$@"
+        wheel_smoke
         ;;
+    wheel-smoke) ensure; wheel_smoke ;;
     run) ensure; exec "$VENV/bin/lmix" "$@" ;;
-    *) echo "usage: bash scripts/lmix.sh {demo|test|setup|run ARGS...}" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/lmix.sh {demo|test|setup|wheel-smoke|run ARGS...}" >&2; exit 2 ;;
 esac

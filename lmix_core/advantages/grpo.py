@@ -19,7 +19,7 @@ class GRPO(AdvantageEstimator):
 
         Â_i = (r_i − mean_g(r)) / (std_g(r) + eps)        (g = i's group: rollouts of the same question)
 
-    Peer conventions (algorithm note §7, §9):
+    Peer conventions:
         * verl ``compute_grpo_outcome_advantage``: unbiased ``torch.std``, ``eps = 1e-6`` (our defaults).
         * TRL ``GRPOTrainer``: Bessel-corrected ``nanstd``, ``eps = 1e-4`` (set ``eps = 1e-4``), and
           ``scale_rewards`` ∈ {group, batch, none} (our ``scale``): ``batch`` divides the group-centred rewards by

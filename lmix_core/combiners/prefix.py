@@ -1,4 +1,5 @@
-"""Prefix-RFT: hybrid rollouts of a demonstration prefix and an on-policy continuation (seed 004)."""
+"""Prefix-RFT: hybrid rollouts of a demonstration prefix and an on-policy continuation ("Blending Supervised and
+Reinforcement Fine-Tuning with Prefix Sampling", arXiv 2507.01679)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Prefix(PolicyCombiner):
     ``ratio_start = ratio_end = 1, schedule = "constant", num_prefixed = 1, prefix_loss = "luffy",
     entropy_top_fraction = 1`` is LUFFY's group (one full demonstration among G, shaped, unmasked).
 
-    [U] choices (algorithms.md §4 and §10.3; the paper's method section was not readable): the first
+    Choices where the paper is not explicit (its method section was not readable): the first
     ``num_prefixed`` rollouts of each group are prefixed, default 1 (LUFFY's ``n_prefix = 1``; "a subset of the
     group"); the prefix length is deterministic by default (``length = "fixed"``); prefix tokens keep the PPO ratio
     against π_old ("minimal modification" of the RFT pipeline); the entropy top-k is batch-global (like TRL);

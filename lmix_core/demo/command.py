@@ -136,13 +136,13 @@ def run_demo(
     sft_recipe = stage_recipe(
         "sft", merged(merged(common, {"backend": {"model": str(inputs["base"])}}), sft or {})
     )
-    sft_result = train(sft_recipe, out / "sft", quiet=True)
+    sft_result = train(sft_recipe, out / "sft", start="overwrite", quiet=True)
     rl_recipe = stage_recipe(
         "grpo_logit_average",
         merged(merged(common, {"backend": {"model": str(out / "sft" / "model")}}), rl or {}),
     )
     print("[2/3] GRPO with logit averaging against the SFT model ...", flush=True)
-    rl_result = train(rl_recipe, out / "rl", quiet=True)
+    rl_result = train(rl_recipe, out / "rl", start="overwrite", quiet=True)
     print("[3/3] evaluating the trained policy alone ...", flush=True)
     alone = evaluate_saved(rl_recipe, out / "rl" / "model", distribution="policy")
     rows = {

@@ -472,7 +472,8 @@ def generate_corpus(
         seed: the random seed.
         mix: weight of each document kind: ``solutions`` (``Compute ...``, newline, the worked solution), ``facts``
             (lines ``a op b = c``) and ``probe`` (probe prompts, newline, answers). ``None`` means
-            :data:`DEFAULT_CORPUS_MIX`. Pretraining-data composition is the lever seed 002 studies.
+            :data:`DEFAULT_CORPUS_MIX`. Pretraining-data composition is a lever "RL Excursions during Pre-Training" (arXiv 2606.04272)
+            studies.
         style: solution style, as in :func:`generate`.
         items_per_document: problems, fact lines or probe items per document (separated by blank lines).
 

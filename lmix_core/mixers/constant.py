@@ -13,7 +13,7 @@ from lmix_core.types import MixDecision, MixerInputs, StepPlan
 
 @final
 class Constant(Mixer):
-    """``L = (1 − μ)·L_RL + μ·L_SFT`` with a fixed μ (Trinity-RFT's "MIX" baseline, μ = 0.1; the note's §6).
+    """``L = (1 − μ)·L_RL + μ·L_SFT`` with a fixed μ (Trinity-RFT's "MIX" baseline, μ = 0.1).
 
     ``L_SFT`` is the token-mean NLL on the demonstrations of the step's own questions [U: Trinity draws a separate
     expert batch; lmix's loop trains on the demonstrations of the questions it sampled]. ``μ = 0`` is pure RL (no

@@ -15,7 +15,7 @@ from lmix_core.types import MixDecision, MixerInputs, StepPlan
 
 @final
 class ReLIFT(Mixer):
-    r"""ReLIFT (Ma et al., arXiv 2506.07527; code ``relift/trainer.py``; the note's §6).
+    r"""ReLIFT (Ma et al., arXiv 2506.07527; code ``relift/trainer.py``).
 
     RL steps run as usual (weight 1 on every question). After each, the questions whose G rollouts are **all
     wrong** (no ``correct``, or no ``reward ≥ 1`` when only rewards are given) are appended to a FIFO buffer

@@ -13,7 +13,8 @@ from lmix_core.types import MixDecision, MixerInputs, StepPlan
 
 @final
 class Sequential(Mixer):
-    """``L_t = L_SFT`` for ``t < sft_steps``, then ``L_t = L_RL`` (SFT→RL, e.g. RL Excursions' baseline, §2).
+    """``L_t = L_SFT`` for ``t < sft_steps``, then ``L_t = L_RL`` (SFT→RL, e.g. the baseline of "RL Excursions
+    during Pre-Training", arXiv 2606.04272).
 
     Steps are 0-based: steps ``0 … sft_steps − 1`` are SFT (no rollouts), step ``sft_steps`` is the first RL step.
     ``sft_steps = 0`` is pure RL. One optimiser state runs through both phases (the papers' SFT→RL pipelines are

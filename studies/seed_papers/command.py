@@ -38,7 +38,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.seed_papers",
-        description="Run the SFT/RL mixing study (issue 7) and write its tables, plots and docs/results.md section.",
+        description="Run the SFT/RL mixing study and write its tables, plots and docs/results.md section.",
     )
     preset = p.add_mutually_exclusive_group()
     preset.add_argument(

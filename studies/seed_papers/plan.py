@@ -117,7 +117,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison(
         number=1,
         title="GRPO with logit averaging vs KL-GRPO and GRPO, from the SFT model",
-        paper="seed 000: logit averaging inside GRPO (Gan & Zhu, arXiv 2605.20555)",
+        paper="logit averaging inside GRPO (Gan & Zhu, arXiv 2605.20555)",
         claim=(
             "GRPO on the logit average of the policy and the frozen SFT model reaches higher, or at least "
             "comparable, accuracy than KL-regularised GRPO, keeping SFT's formatting."
@@ -136,7 +136,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison(
         number=2,
         title="RL, SFT, SFT→RL and parallel averaging from 3 pretraining checkpoints",
-        paper="seed 002: RL Excursions during Pre-Training (Bansal et al., arXiv 2606.04272)",
+        paper="RL Excursions during Pre-Training (Bansal et al., arXiv 2606.04272)",
         claim=(
             "Parallel averaging gives the best pass@k at every checkpoint and keeps general capability at the "
             "RL level, with a lower pass@1; SFT-based recipes lose general capability; RL works from early "
@@ -157,7 +157,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison(
         number=3,
         title="SASR vs SFT only, RL only and a static mix",
-        paper="seed 003: SASR, step-wise adaptive SFT/GRPO (Chen et al., arXiv 2505.13026)",
+        paper="SASR, step-wise adaptive SFT/GRPO (Chen et al., arXiv 2505.13026)",
         claim="Adaptive step-wise switching between SFT and GRPO beats SFT only, RL only and a static mix.",
         rows=(
             Row(label="pretrained (start)", key="base@ck3"),
@@ -170,7 +170,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison(
         number=4,
         title="Prefix-RFT vs SFT, RL, LUFFY, HPT and CHORD",
-        paper="seed 004: Prefix-RFT (Huang et al., arXiv 2507.01679)",
+        paper="Prefix-RFT (Huang et al., arXiv 2507.01679)",
         claim="Prefix-RFT outperforms standalone SFT and RFT and parallel mixed-policy RFT (LUFFY).",
         rows=(
             Row(label="pretrained (start)", key="base@ck3"),

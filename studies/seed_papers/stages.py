@@ -192,7 +192,7 @@ def pretrain(layout: Layout, sizes: Sizes, pseed: int, log: Log) -> dict[str, Pa
         summary = train(
             load_recipe(recipes_dir() / "pretrain.toml", tuple(overrides)),
             root / "run",
-            resume=True,
+            start="resume_if_possible",
             quiet=True,
         )
         tmp = target.with_name(target.name + ".tmp")
@@ -243,7 +243,7 @@ def record_command(
 
     parts = ["lmix", "run", f"studies/seed_papers/recipes/{recipe}.toml", *overrides, "--out", str(out)]
     if resume:
-        parts.append("--resume")
+        parts.append("--resume-if-possible")
     text = " ".join(shlex.quote(p) for p in parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
@@ -281,7 +281,7 @@ def execute(layout: Layout, sizes: Sizes, run: Run, seed: int, log: Log) -> dict
         resume = checkpoint.latest(run_dir) is not None
         if resume:
             log(f"  {run.name}: resuming from its latest checkpoint")
-        summary = train(recipe, run_dir, resume=resume, quiet=True)
+        summary = train(recipe, run_dir, start="resume" if resume else "overwrite", quiet=True)
     train_wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     evals = evaluate_model(

@@ -1,4 +1,4 @@
-"""BNPO's Beta-normalised advantage (algorithm note §7, §8; official ``compute_bnpo_outcome_advantage``)."""
+"""BNPO's Beta-normalised advantage (arXiv 2506.02864; official ``compute_bnpo_outcome_advantage``)."""
 
 from __future__ import annotations
 

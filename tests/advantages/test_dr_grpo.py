@@ -1,4 +1,4 @@
-"""Dr.GRPO's mean-only group advantage (algorithm note §7, §8)."""
+"""Dr.GRPO's mean-only group advantage ("Understanding R1-Zero-Like Training: A Critical Perspective", arXiv 2503.20783)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GRPO's group z-score advantage (algorithm note §7, §8)."""
+"""GRPO's group z-score advantage (DeepSeekMath, arXiv 2402.03300)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OPO's length-weighted baseline (algorithm note §7)."""
+"""OPO's length-weighted baseline (arXiv 2505.23585)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""REINFORCE++'s globally whitened returns (algorithm note §7, §8)."""
+"""REINFORCE++'s globally whitened returns (arXiv 2501.03262)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RLOO's leave-one-out baseline (algorithm note §7, §8)."""
+"""RLOO's leave-one-out baseline ("Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs", arXiv 2402.14740)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Logit averaging (seed 000): the §8 invariants of the normalised geometric mixture, plus hand examples."""
+"""Logit averaging (Gan & Zhu, arXiv 2605.20555): invariants of the normalised geometric mixture, plus hand examples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prefix-RFT (seed 004): the prefix schedule, rollout plans, prefix masks and the entropy top-k."""
+"""Prefix-RFT (arXiv 2507.01679): the prefix schedule, rollout plans, prefix masks and the entropy top-k."""
 
 from __future__ import annotations
 

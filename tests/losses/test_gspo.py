@@ -1,4 +1,4 @@
-"""GSPO's sequence-level ratio (algorithm note §7, §8 "GSPO", §9 verl expression)."""
+"""GSPO's sequence-level ratio ("Group Sequence Policy Optimization", arXiv 2507.18071; verl's expression)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unclipped policy gradient as HPT and LUFFY use it (algorithm note §5, §6)."""
+"""Unclipped policy gradient as HPT and LUFFY use it (HPT, arXiv 2509.04419; LUFFY, arXiv 2504.14945)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PPO/GRPO/DAPO clipped surrogate (algorithm note §7, §8 "GRPO", "DAPO", §9 verl/TRL expressions)."""
+"""PPO/GRPO/DAPO clipped surrogate (arXiv 1707.06347, 2402.03300, 2503.14476; verl/TRL expressions)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_clipping_gradient_regions(adv, log_ratio, eps_low, eps_high, dual):
 
 
 def verl_vanilla(logp, old, adv, mask, eps_low, eps_high, c):
-    """verl's ``compute_policy_loss_vanilla`` per-token expression (note §9), then token-mean."""
+    """verl's ``compute_policy_loss_vanilla`` per-token expression, then token-mean."""
     ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
     pg1 = -adv * ratio
     pg2 = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)

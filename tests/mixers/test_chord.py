@@ -1,4 +1,4 @@
-"""CHORD: the μ schedule and the φ token weights (the note's §6 and §8)."""
+"""CHORD: the μ schedule and the φ token weights (arXiv 2508.11408)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HPT's per-question gate (the note's §5 and §8)."""
+"""HPT's per-question gate (arXiv 2509.04419)."""
 
 from __future__ import annotations
 

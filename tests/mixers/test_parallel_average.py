@@ -1,4 +1,4 @@
-"""Parallel averaging: two optimiser states, RL and SFT every step, updates averaged (the note's §2 and §8)."""
+"""Parallel averaging: two optimiser states, RL and SFT every step, updates averaged ("RL Excursions during Pre-Training", arXiv 2606.04272)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ReLIFT: a buffer of all-wrong questions and an SFT update on N of them (the note's §6 and §8)."""
+"""ReLIFT: a buffer of all-wrong questions and an SFT update on N of them (arXiv 2506.07527)."""
 
 from __future__ import annotations
 

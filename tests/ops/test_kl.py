@@ -1,4 +1,4 @@
-"""Per-token KL estimators k1, k2, k3 (algorithm note §7, §9; Schulman 2020)."""
+"""Per-token KL estimators k1, k2, k3 (Schulman, "Approximating KL Divergence", 2020)."""
 
 from __future__ import annotations
 

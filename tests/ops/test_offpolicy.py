@@ -1,4 +1,4 @@
-"""LUFFY's off-policy shaping f(p) = p/(p+γ) (algorithm note §6, §8 "LUFFY")."""
+"""LUFFY's off-policy shaping f(p) = p/(p+γ) ("Learning to Reason under Off-Policy Guidance", arXiv 2504.14945)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """CPU compat layer for megatron-core 0.16.1: lets TP × PP × DP training run on CPU processes over gloo.
 
 megatron-core hard-codes CUDA in four ways on the paths lmix uses (file:line of 0.16.1 in
-``/work/shared/reference/megatron.md`` §3 and ``docs/megatron.md``):
+``docs/megatron.md``):
 
 (a) ``device=torch.cuda.current_device()`` for buffers (DDP grad/param buffers, p2p receive buffers, TP gathers,
     RoPE ``inv_freq``, the distributed optimizer's checkpoint gather);

@@ -12,7 +12,7 @@ output layer). For one token with shard logits ``z_r`` and target ``a``::
 * :func:`entropy` is a custom autograd Function. Composing it from autograd ops and megatron's
   ``reduce_from_tensor_model_parallel_region`` (all-reduce forward, identity backward) gives the right value but a
   wrong gradient: the identity backward is only valid when every TP rank consumes the reduced value identically,
-  but ``π_r = exp(z_r)/Z`` is rank-local (reference §6 measured a max gradient error of 2.9).
+  but ``π_r = exp(z_r)/Z`` is rank-local (a measured max gradient error of 2.9).
 * Mixing: a combiner's ``mix_logits`` is applied shard by shard when it is *vocab-local*
   (``mix(z)[..., S] == mix(z[..., S])`` for every column subset ``S``), true of every linear combiner
   (``logit_average``, ``weighted``: ``α z_θ + (1 − α) z_ref`` is elementwise). A combiner that is not (e.g. one
