@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmix_core.errors import LmixError, RecipeError
+from lmix_core.errors import LmixError, RecipeError, UsageError
 
 #: Where the subcommands that live elsewhere are implemented: ``command -> (module, function)``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,10 +35,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class CommandUnavailableError(LmixError):
     """A subcommand whose implementing module is not part of this installation (yet)."""
-
-
-class UsageError(LmixError):
-    """Bad command-line arguments (exit status 2)."""
 
 
 # -- components --------------------------------------------------------------------------------------------------
@@ -357,7 +353,32 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. combiner.alpha=0.7"
     )
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<recipe>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        dest="start",
+        action="store_const",
+        const="resume",
+        help="continue the run in --out from its newest complete checkpoint (exit 2 when it has none); a "
+        "finished run is left as it is, a raised train.steps extends it",
+    )
+    start.add_argument(
+        "--resume-if-possible",
+        dest="start",
+        action="store_const",
+        const="resume_if_possible",
+        help="as --resume when --out holds a checkpoint or a finished run, else start (replacing a run that "
+        "stopped before its first checkpoint): one command for a job that may be preempted and restarted",
+    )
+    start.add_argument(
+        "--overwrite",
+        dest="start",
+        action="store_const",
+        const="overwrite",
+        help="delete the run files already in --out and start again (without a flag, a run already there is an "
+        "error)",
+    )
+    p.set_defaults(start="new")
     p.set_defaults(handler=run_command)
 
     p = sub.add_parser("demo", help="the embedded offline demo (SFT, then GRPO with logit averaging)")

@@ -44,6 +44,26 @@ class BackendError(LmixError, RuntimeError):
     """A backend cannot do what the recipe asks (missing model files, unsupported feature, ...)."""
 
 
+class CheckpointError(LmixError, RuntimeError):
+    """A checkpoint, or another file lmix reads back from a run directory, is missing, corrupt or not lmix's."""
+
+
+class UsageError(LmixError, ValueError):
+    """Bad command-line arguments, or a command that does not fit what it finds (exit status 2)."""
+
+
+class RunDirectoryError(UsageError):
+    """``--out`` holds a run when a new one was asked for, or no checkpoint when ``--resume`` was."""
+
+
+class RunInterrupted(LmixError):
+    """SIGTERM or SIGINT stopped a run after it wrote a checkpoint; ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 @attrs.frozen
 class Problem:
     """One problem found in a recipe.

@@ -30,6 +30,14 @@ class TrainConfig:
         save_every: write a resumable checkpoint every this many steps (0: only at the end).
         keep_checkpoints: how many periodic checkpoints to keep (the latest always kept).
         max_nonfinite: consecutive skipped (non-finite) steps after which the run aborts with a checkpoint.
+        final_checkpoint: ``save`` writes a resumable checkpoint (model, optimiser states, loop state) when
+            training ends, which a raised ``train.steps`` continues from; ``skip`` writes none (the exported
+            ``model/`` is unaffected), saving the disk and time of one optimiser state (Adam: twice the model's
+            parameters in fp32) at the cost of not being able to extend the run.
+        dp_normalization: under data parallelism, ``global`` normalises the loss (token-mean and the row
+            counts of the ``seq-mean-*`` modes, the SFT token mean) by the counts of the whole minibatch over all
+            ranks, so W ranks compute the gradient of the global batch in one process (verl's convention);
+            ``rank`` normalises by each rank's own counts and the ranks' gradients are averaged (plain DDP).
         kl_in_reward_coef: β of a KL penalty in the reward (verl's ``use_kl_in_reward`` with its fixed
             controller): each rollout's reward becomes ``r − β·Σ_t KL_t``, summed over its response tokens, before
             the advantage estimator (``lmix_core.ops.kl_reward``); 0 turns it off. It loads the initial policy as
@@ -48,6 +56,10 @@ class TrainConfig:
     save_every: int = attrs.field(default=0, validator=v.ge(0))
     keep_checkpoints: int = attrs.field(default=2, validator=v.ge(1))
     max_nonfinite: int = attrs.field(default=3, validator=v.ge(1))
+    final_checkpoint: Literal["save", "skip"] = attrs.field(default="save", validator=v.in_(("save", "skip")))
+    dp_normalization: Literal["global", "rank"] = attrs.field(
+        default="global", validator=v.in_(("global", "rank"))
+    )
     kl_in_reward_coef: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(float("inf"))])
     kl_in_reward_estimator: Literal["k1", "k2", "k3"] = attrs.field(
         default="k1", validator=v.in_(("k1", "k2", "k3"))

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,42 @@ class MetricsLog:
 
     def __init__(self, path: Path, *, resume_from: int | None) -> None:
         self.path = path
-        if resume_from is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] < resume_from]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            os.replace(tmp, path)
-        elif resume_from is None and path.exists():
+        if resume_from is not None:
+            roll_back(path, lambda step: step < resume_from)
+        elif path.exists():
             path.unlink()
 
     def write(self, record: Mapping[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
             f.flush()
+
+
+def roll_back(path: Path, keep: Callable[[int], bool]) -> None:
+    """Keep only the lines of a per-step jsonl log whose ``step`` passes ``keep`` (rewritten atomically).
+
+    A last line cut short by a kill (no valid JSON) is dropped; any other unreadable line raises CheckpointError.
+    """
+    if not path.exists():
+        return
+    from lmix_core.errors import CheckpointError
+
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = []
+    for i, ln in enumerate(lines):
+        try:
+            step = json.loads(ln)["step"]
+        except (ValueError, KeyError, TypeError) as exc:
+            if i == len(lines) - 1:
+                break
+            raise CheckpointError(
+                f"cannot read {str(path)!r}: line {i + 1} is not a JSON object with a 'step' ({exc})"
+            ) from None
+        if keep(int(step)):
+            kept.append(ln)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    os.replace(tmp, path)
 
 
 class Tracker:

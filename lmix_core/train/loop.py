@@ -14,6 +14,7 @@ Each step:
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +24,16 @@ import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.errors import LmixError, NonFiniteError
+from lmix_core.errors import CheckpointError, LmixError, NonFiniteError, RunInterrupted
 from lmix_core.interfaces.backend import TrainerBackend
 from lmix_core.ops.aggregation import StepCounts
 from lmix_core.ops.kl_reward import kl_penalised_rewards
 from lmix_core.train import checkpoint
 from lmix_core.train.batching import SFTRows, demonstration_batch, step_counts, trim
 from lmix_core.train.components import Components
-from lmix_core.train.logging import FlatRewards, MetricsLog, Tracker
+from lmix_core.train.logging import FlatRewards, MetricsLog, Tracker, roll_back
 from lmix_core.train.objective import StepObjective
+from lmix_core.train.stop import StopSignals, agreed
 from lmix_core.types import (
     AdvantageInputs,
     Generation,
@@ -389,6 +391,7 @@ class Trainer:
 
     # -- persistence -----------------------------------------------------------------------------------------
     def trainer_state(self, step: int) -> dict[str, Any]:
+        """The loop's own state: tensors and plain values only, so ``trainer.pt`` loads with ``weights_only``."""
         return {
             "step": step,
             "mixer": self.parts.mixer.state_dict(),
@@ -408,24 +411,40 @@ class Trainer:
         if main:
             checkpoint.commit(self.run_dir, step, self.trainer_state(step), self.parts.train.keep_checkpoints)
         self.backend.barrier()
-        return checkpoint.checkpoint_root(self.run_dir) / f"step_{step:06d}"
+        return checkpoint.step_dir(self.run_dir, step)
 
     def restore(self) -> int:
-        """Load the newest checkpoint; returns the step to continue from (0 when there is none)."""
-        path = checkpoint.latest(self.run_dir)
+        """Load the newest complete checkpoint; returns the step to continue from (0 when there is none)."""
+        path = checkpoint.latest(self.run_dir, warn=None if self.backend.is_main else _silent)
         if path is None:
             return 0
-        self.backend.load_checkpoint(path / "backend")
+        file = path / "trainer.pt"
         state = checkpoint.load_trainer_state(path)
-        self.parts.mixer.load_state_dict(state["mixer"])
-        random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        self.backend.load_checkpoint(path / "backend")
+        try:
+            self.parts.mixer.load_state_dict(state["mixer"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"cannot restore the mixer from {str(file)!r}: {type(exc).__name__}: {exc} (was it written by "
+                "another mixer?)"
+            ) from None
+        try:
+            random.setstate(state["python_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot restore the RNG states from {str(file)!r}: {exc}") from None
         self.nonfinite = state["nonfinite"]
-        return int(state["step"])
+        return state["step"]
 
     # -- the run ---------------------------------------------------------------------------------------------
-    def run(self, *, resume: bool, evaluate) -> dict[str, Any]:  # noqa: ANN001 - callable(step) -> dict
-        """Train, evaluating and checkpointing on schedule; returns the last evaluation."""
+    def run(self, *, resume: bool, evaluate, final_checkpoint: bool = True) -> dict[str, Any]:  # noqa: ANN001
+        """Train, evaluating and checkpointing on schedule; returns the last evaluation.
+
+        ``evaluate(step) -> dict`` runs a held-out evaluation. On resume, the ``metrics.jsonl`` lines and
+        ``eval.jsonl`` records the resumed run writes again are dropped first. ``final_checkpoint=False`` skips the
+        end-of-run checkpoint. SIGTERM/SIGINT stop the run after the current step with a checkpoint
+        (:mod:`lmix_core.train.stop`), raising :class:`~lmix_core.errors.RunInterrupted`.
+        """
         tr = self.parts.train
         start = self.restore() if resume else 0
         self.start_step = start
@@ -435,24 +454,47 @@ class Trainer:
             if main
             else None
         )
+        if main and resume:
+            # evaluations at or before the checkpoint stay; the final one is redone after the final checkpoint
+            roll_back(self.run_dir / "eval.jsonl", lambda s: s <= start and s != tr.steps)
         tracker = (
             Tracker(self.parts.logging, self.run_dir, self.parts.resolved, tr.steps, start) if main else None
         )
-        last_eval: dict[str, Any] = {}
-        try:
-            for step in range(start, tr.steps):
-                record = self.step(step)
-                if log is not None:
-                    log.write(record)
-                    tracker.log(record)
-                done = step + 1
-                if tr.eval_every and done % tr.eval_every == 0 and done < tr.steps:
-                    last_eval = evaluate(done)
-                if tr.save_every and done % tr.save_every == 0 and done < tr.steps:
-                    self.save(done)
-            self.save(tr.steps)
-            last_eval = evaluate(tr.steps)
-        finally:
-            if tracker is not None:
-                tracker.close()
-        return last_eval
+        with StopSignals(announce=main) as signals:
+            try:
+                for step in range(start, tr.steps):
+                    record = self.step(step)
+                    if log is not None:
+                        log.write(record)
+                        tracker.log(record)
+                    done = step + 1
+                    if tr.eval_every and done % tr.eval_every == 0 and done < tr.steps:
+                        evaluate(done)
+                    saved = tr.save_every > 0 and done % tr.save_every == 0 and done < tr.steps
+                    if saved:
+                        self.save(done)
+                    signum = agreed(signals.signum)
+                    if signum:
+                        self._stop(done, signum, saved=saved)
+                if start < tr.steps and final_checkpoint:
+                    self.save(tr.steps)
+                signum = agreed(signals.signum)
+                if signum:  # arrived during the final checkpoint: stop before the final evaluation
+                    self._stop(tr.steps, signum, saved=final_checkpoint or start == tr.steps)
+            finally:
+                if tracker is not None:
+                    tracker.close()
+        return evaluate(tr.steps)
+
+    def _stop(self, done: int, signum: int, *, saved: bool) -> None:
+        """Write the checkpoint after ``done`` steps (unless it was just written) and raise RunInterrupted."""
+        path = checkpoint.step_dir(self.run_dir, done) if saved else self.save(done)
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} after step {done} of {self.parts.train.steps}; checkpoint "
+            f"{str(path)!r}. Resume with the same command and --resume",
+            signum,
+        )
+
+
+def _silent(message: str) -> None:
+    """A warning sink for ranks other than the main one."""

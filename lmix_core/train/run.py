@@ -1,18 +1,19 @@
-"""``lmix run RECIPE [--out DIR] [--resume] [key=value ...]``: validate, build, train, evaluate, export."""
+"""``lmix run RECIPE [--out DIR] [--resume | --resume-if-possible | --overwrite] [key=value ...]``: validate, build, train, evaluate, export."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from lmix_core.errors import LmixError
+from lmix_core.errors import RunDirectoryError, RunInterrupted
 from lmix_core.evaluation import append_eval, deployment, evaluate
 from lmix_core.interfaces.backend import BackendContext
 from lmix_core.train.components import Components, RewardSuite
@@ -77,10 +78,111 @@ def provenance_line(recipe: Any) -> str:
     )
 
 
-def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Run a validated recipe into ``out_dir``; returns the summary written to ``summary.json``."""
+#: How :func:`train` treats ``out_dir`` (``lmix run``'s flags: none, ``--overwrite``, ``--resume``,
+#: ``--resume-if-possible``).
+Start = Literal["new", "overwrite", "resume", "resume_if_possible"]
+#: What a run writes into its directory; ``--overwrite`` deletes these, and any of them marks a run as present.
+RUN_FILES = (
+    "recipe.toml",
+    "provenance.json",
+    "metrics.jsonl",
+    "eval.jsonl",
+    "summary.json",
+    "model",
+    "checkpoints",
+    "wandb",
+)
+
+
+def _remove_run_files(out_dir: Path) -> None:
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def plan_start(out_dir: Path, start: Start, steps: int) -> tuple[str, dict[str, Any] | None]:
+    """What :func:`train` does with ``out_dir``: ``("start", None)``, ``("resume", None)`` or ``("complete", summary)``.
+
+    Raises RunDirectoryError (a usage error, exit status 2) when ``start`` does not fit the directory: ``new`` into a
+    directory that holds a run, ``resume`` without a checkpoint, a finished run asked to run fewer steps. Only the
+    main process deletes files (``overwrite``, or ``resume_if_possible`` over a run that has no checkpoint).
+    """
+    from lmix_core.train.checkpoint import latest, read_json
+
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    main = _main_process()
+    if start == "new":
+        if existing:
+            raise RunDirectoryError(
+                f"{str(out_dir)!r} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+                "--overwrite to replace it, or another --out"
+            )
+        return "start", None
+    if start == "overwrite":
+        if main:
+            _remove_run_files(out_dir)
+        return "start", None
+    if start == "resume" and not out_dir.exists():
+        raise RunDirectoryError(
+            f"--resume: run directory {str(out_dir)!r} does not exist; pass the --out of the run to resume"
+        )
+    summary = read_json(out_dir / "summary.json") if (out_dir / "summary.json").exists() else None
+    finished = summary.get("steps") if isinstance(summary, dict) else None
+    if isinstance(finished, int) and finished == steps:
+        return "complete", summary
+    if isinstance(finished, int) and finished > steps:
+        raise RunDirectoryError(
+            f"{str(out_dir)!r} holds a run finished at step {finished}; train.steps = {steps} cannot shorten it "
+            "(--overwrite starts it again)"
+        )
+    ckpt = latest(out_dir, warn=None if main else (lambda _m: None))
+    if ckpt is not None:
+        if main and summary is not None:  # extending a finished run: the old summary no longer describes it
+            (out_dir / "summary.json").unlink()
+        return "resume", None
+    if summary is not None:
+        raise RunDirectoryError(
+            f"{str(out_dir)!r} holds a run finished at step {finished} without a checkpoint to continue from "
+            "(train.final_checkpoint = 'skip'), so it cannot be extended to train.steps = "
+            f"{steps}; --overwrite starts it again"
+        )
+    if start == "resume" and existing:
+        raise RunDirectoryError(
+            f"--resume: {str(out_dir)!r} holds a run ({', '.join(existing)}) but no checkpoint to resume from "
+            "(one is written every train.save_every steps, at the end and when SIGTERM/SIGINT stops a run); "
+            "--overwrite starts it again, --resume-if-possible resumes when there is a checkpoint and starts "
+            "otherwise"
+        )
+    if start == "resume":
+        raise RunDirectoryError(
+            f"--resume: {str(out_dir)!r} holds no run to resume; leave out --resume to start one there"
+        )
+    if main:
+        _remove_run_files(out_dir)
+    return "start", None
+
+
+def train(recipe: Any, out_dir: Path, *, start: Start = "new", quiet: bool = False) -> dict[str, Any]:
+    """Run a validated recipe into ``out_dir``; returns the summary written to ``summary.json``.
+
+    ``start`` says what to do with a run already in ``out_dir`` (:func:`plan_start`). A finished run asked to
+    resume is left untouched: its summary is returned with ``"already_complete": True``. Raises
+    :class:`~lmix_core.errors.RunInterrupted` after writing a checkpoint when SIGTERM or SIGINT stops training.
+    """
     from lmix_core.recipe import dump_toml
 
+    action, finished = plan_start(out_dir, start, recipe.train.steps)
+    if action == "complete":
+        if not quiet and _main_process():
+            n = recipe.train.steps
+            print(
+                f"lmix run: {str(out_dir)!r} is already complete (step {n} of {n}); nothing to do", flush=True
+            )
+        return {**finished, "already_complete": True}
+    resume = action == "resume"
     torch.manual_seed(recipe.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = build(recipe, out_dir)
@@ -89,8 +191,6 @@ def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = Fal
     if main:
         (out_dir / "recipe.toml").write_text(dump_toml(recipe.resolved()))
         (out_dir / "provenance.json").write_text(json.dumps(recipe.provenance(), indent=2))
-        if not resume and (out_dir / "eval.jsonl").exists():
-            (out_dir / "eval.jsonl").unlink()
         if not quiet:
             print(f"lmix run: {provenance_line(recipe)}", flush=True)
             print(f"lmix run: {batch_line(recipe.train, parts.backend.world_size)} -> {out_dir}", flush=True)
@@ -120,7 +220,9 @@ def train(recipe: Any, out_dir: Path, *, resume: bool = False, quiet: bool = Fal
 
     t0 = time.perf_counter()
     try:
-        last = trainer.run(resume=resume, evaluate=run_eval)
+        last = trainer.run(
+            resume=resume, evaluate=run_eval, final_checkpoint=recipe.train.final_checkpoint == "save"
+        )
         model_dir = out_dir / "model"
         if main and model_dir.exists():
             shutil.rmtree(model_dir)
@@ -151,7 +253,7 @@ def _main_process() -> bool:
 
 
 def run_command(args: Any) -> int:
-    """CLI entry: ``args.recipe``, ``args.out``, ``args.resume``, ``args.overrides``."""
+    """CLI entry: ``args.recipe``, ``args.out``, ``args.start`` (a :data:`Start`), ``args.overrides``."""
     from lmix_core.recipe import load_recipe
 
     t_start = time.perf_counter()
@@ -159,12 +261,13 @@ def run_command(args: Any) -> int:
         quiet_other_rank()
     recipe = load_recipe(args.recipe, tuple(args.overrides or ()))
     out = Path(args.out) if args.out else default_out_dir(recipe)
-    if args.resume and not out.exists():
-        raise LmixError(
-            f"--resume: run directory {str(out)!r} does not exist; pass the --out of the run to resume"
-        )
-    summary = train(recipe, out, resume=bool(args.resume))
-    if not _main_process():
+    try:
+        summary = train(recipe, out, start=args.start)
+    except RunInterrupted as exc:
+        if _main_process():
+            print(f"lmix run: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
+    if not _main_process() or summary.get("already_complete"):
         return 0
     wall = time.perf_counter() - t_start  # the whole command: loading, training, evaluation, export
     pass1 = (summary["final_eval"] or {}).get("pass@1")
