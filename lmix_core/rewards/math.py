@@ -16,6 +16,7 @@ from lmix_core.types import RewardInput, Verdict
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_BRACKET_RE = re.compile(r"\\.|[{}()\[\]]", re.DOTALL)
 # "The answer is" / "Final answer:" anywhere, or GSM8K's "#### " at the start of a line.
 _ANSWER_IS_RE = re.compile(r"(?im)\b(?:final\s+)?answer\s*(?:is\b|:)[\s:]*|^[ \t]*####[ \t]*")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
@@ -220,7 +221,7 @@ class Math(RewardVerifier):
     Answers that would make sympy run long are refused before parsing with reason ``answer too costly: ...``
     (references likewise, ``reference too costly: ...``), in microseconds: longer than ``max_answer_chars``, a digit
     run over ``max_answer_chars // 2`` digits, a power tower with a numeric base (``9^{9^{9}}``), an exponent above
-    ``max_exponent``, braces nested deeper than ``max_depth``, a factorial or binomial of a number above
+    ``max_exponent``, brackets (``{ ( [``) nested deeper than ``max_depth``, a factorial or binomial of a number above
     ``max_factorial`` (or of a group holding a power), a bracketed sum of terms raised to a power whose expansion
     has more than ``max_power_terms`` terms, and an integral, sum, product, limit, ``\Gamma``, ``\zeta``, ``\psi``
     or ``\operatorname`` that the reference does not contain. These never make a legitimate answer to a plain
@@ -245,7 +246,8 @@ class Math(RewardVerifier):
             max_answer_chars: longest extracted answer that is judged (longer ones are ``answer too costly``).
             max_exponent: largest literal exponent judged; ``10^{100000000}`` would make sympy build a 10^8-digit
                 integer.
-            max_depth: deepest brace nesting judged (latex2sympy slows down sharply with depth).
+            max_depth: deepest nesting of braces, parentheses and brackets judged (latex2sympy slows down sharply
+                with depth).
             max_factorial: largest number whose factorial or binomial coefficient is judged (``1000!`` costs
                 sympy 0.04 s, ``1000000!`` minutes).
             max_power_terms: most terms the expansion of a bracketed sum's power may have (``(x+y+z)^{n}`` has
@@ -298,11 +300,11 @@ class Math(RewardVerifier):
             if len(m.group(1)) > 12 or int(m.group(1)) > cfg.max_exponent:
                 return f"exponent above {cfg.max_exponent}"
         depth = deepest = 0
-        for m in _BRACE_RE.finditer(answer):
-            depth += {"{": 1, "}": -1}.get(m.group(), 0)
+        for m in _BRACKET_RE.finditer(answer):
+            depth += {"{": 1, "(": 1, "[": 1, "}": -1, ")": -1, "]": -1}.get(m.group(), 0)
             deepest = max(deepest, depth)
         if deepest > cfg.max_depth:
-            return f"braces nested {deepest} deep"
+            return f"brackets nested {deepest} deep"
         for m in _OPERATOR_RE.finditer(answer):
             if f"\\{m.group(1)}" not in other:
                 return f"\\{m.group(1)}, which the {other_name} does not contain"

@@ -175,7 +175,8 @@ def test_missing_answer_or_reference():
         ("9^{9^{9^{9}}}", "a numeric power tower"),
         ("10^{100000000}", "exponent above 10000"),
         ("9" * 600, "a number with too many digits"),
-        ("{" * 40 + "1" + "}" * 40, "braces nested 40 deep"),
+        ("{" * 40 + "1" + "}" * 40, "brackets nested 40 deep"),
+        ("(" * 900, "brackets nested 900 deep"),
         ("x" * 1001, "1001 characters"),
     ],
 )
