@@ -150,7 +150,7 @@ def test_template_naming_a_missing_field_fails_at_load(tmp_path: Path) -> None:
 
 
 def _recipe(tmp_path: Path, data: str, mixer: str = "sft", extra: str = "") -> Path:
-    path = tmp_path / "r.toml"
+    path = tmp_path / f"r{len(list(tmp_path.glob('r*.toml')))}.toml"
     path.write_text(
         f"""schema = 1
 [backend]
