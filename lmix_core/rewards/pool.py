@@ -21,8 +21,11 @@ worker processes and turns every failure into a verdict for that sample only:
 Why processes and not threads: a thread cannot be killed. Each worker runs ``score_one`` on its main thread, and the
 parent enforces the limit by killing the worker. It is the only limit: verifiers must not bound their own time with a
 wall clock (the ``math`` verifier turns math-verify's ``signal.alarm`` timeouts off), since a wall-clock alarm fires
-earlier on a busy machine and would turn a slow answer into a wrong one. Workers start from a ``forkserver`` by default, so the training process (CUDA, many
-threads) is never forked; the fork server pre-imports math-verify so that replacing a killed worker is cheap. As
+earlier on a busy machine and would turn a slow answer into a wrong one. Caches in a worker only ever hold results of
+samples judged within the limit, but they make a repeated answer cheaper: a sample whose cost lies right at the limit
+may be judged in a worker that has seen its answer and time out in one that has not.
+
+Workers start from a ``forkserver`` by default, so the training process (CUDA, many threads) is never forked; the fork server pre-imports math-verify so that replacing a killed worker is cheap. As
 with every ``spawn``/``forkserver`` use of :mod:`multiprocessing`, the main script is imported (as ``__mp_main__``)
 by each worker: keep a training script's work under ``if __name__ == "__main__":``.
 
