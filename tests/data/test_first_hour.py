@@ -191,7 +191,8 @@ def test_demonstration_mixer_without_demonstrations_fails_validation(
     assert cli.main(["validate", str(_recipe(tmp_path, f'train = "{mmlu}"\nadapter = "mmlu"', "rl"))]) == 0
     assert cli.main(["validate", "--no-data", str(recipe)]) == 0
     capsys.readouterr()
-    assert cli.main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 1  # before loading "no/such-model"
+    # lmix run reports it before the backend looks for "no/such-model"
+    assert cli.main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 1
     assert f"mixer {mixer!r} trains on demonstrations" in capsys.readouterr().err
 
 
