@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
+import torch
+from torch import Tensor
 
 from lmix_core.interfaces.base import Component
 from lmix_core.interfaces.combiner import PolicyCombiner
@@ -90,6 +92,15 @@ class TrainerBackend(Component):
     def all_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Mean of scalar metrics over data-parallel ranks (identity when not distributed)."""
         return dict(values)
+
+    def all_sum(self, values: Tensor, /) -> Tensor:
+        """Elementwise sum over data-parallel ranks of a CPU float64 tensor of the same shape on every rank.
+
+        The loop sums each minibatch's token and row counts with it, so that loss weights normalise by the global
+        batch (``train.dp_normalization = "global"``). Identity (a copy) when not distributed. Every rank must call
+        it, in the same order.
+        """
+        return values.detach().to("cpu", torch.float64).clone()
 
     def barrier(self) -> None:  # noqa: B027 - no-op when not distributed
         """Wait for every rank."""

@@ -1,13 +1,30 @@
-"""Token rows built by the loop: SFT demonstration rows and the splitting of a step into micro-batches."""
+"""Token rows built by the loop: SFT demonstration rows, the splitting of a step into micro-batches, and the
+counts its loss weights normalise by."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
 import torch
 from torch import Tensor
 
+from lmix_core.interfaces.backend import TrainerBackend
+from lmix_core.ops.aggregation import StepCounts
 from lmix_core.types import TokenBatch
+
+
+@attrs.frozen(kw_only=True)
+class SFTRows:
+    """A minibatch's demonstration rows and the mixer's weight of each.
+
+    Attributes:
+        tokens: ``[prompt][demonstration][pad]`` rows (:func:`demonstration_batch`).
+        weights: one weight per row.
+    """
+
+    tokens: TokenBatch
+    weights: tuple[float, ...]
 
 
 def demonstration_batch(
@@ -49,3 +66,26 @@ def trim(batch: TokenBatch, tensors: dict[str, Tensor]) -> tuple[TokenBatch, dic
         distribution=batch.distribution,
     )
     return out, {k: (v[:, keep] if v.dim() == 2 else v) for k, v in tensors.items()}
+
+
+def step_counts(
+    masks: Sequence[Tensor | None], backend: TrainerBackend, *, across_ranks: bool
+) -> list[StepCounts]:
+    """Token and row counts of each mask, summed over data-parallel ranks in one collective.
+
+    Args:
+        masks: ``[n, S]`` loss masks (None: no rows), the same number on every rank, in the same order.
+        backend: sums the counts over ranks (:meth:`TrainerBackend.all_sum`).
+        across_ranks: sum over the ``W = backend.world_size`` ranks (``ranks = W``), or keep this rank's own
+            counts (``ranks = 1``, no collective).
+
+    Returns:
+        One :class:`StepCounts` per mask.
+    """
+    empty = StepCounts(tokens=0.0, rows=0.0, all_rows=0.0)
+    local = [empty if m is None else StepCounts.of(m) for m in masks]
+    W = backend.world_size
+    if not across_ranks or W == 1 or not local:
+        return local
+    summed = backend.all_sum(torch.stack([c.as_tensor() for c in local]))  # [M, 3]
+    return [StepCounts.from_tensor(row, ranks=W) for row in summed]

@@ -42,9 +42,9 @@ class HFBackend(TrainerBackend):
     gradient, scored with ``lmix_core.ops.mixed_logprobs.mixed_token_stats`` (logp, entropy, ref_logp at the
     objective's temperature), passed to the objective and back-propagated; gradients add up over chunks (the
     loop's loss weights are precomputed for the whole step). Under ``torchrun`` the gradients are then averaged
-    over ranks (DDP's convention: each rank's loss weights should be normalised as for a single-process step on
-    that rank's share). The pre-clip norm is reported, the gradient clipped to ``grad_clip`` and AdamW steps at
-    ``lr_at(lr_step)`` (the optimiser-step count; the combiner's mix reads the loop ``step``). With two optimiser
+    over ranks (DDP's convention; the loop's weights normalise by the global batch's counts times the world size,
+    so the average is the global batch's gradient: ``train.dp_normalization``). The pre-clip norm is reported,
+    the gradient clipped to ``grad_clip`` and AdamW steps at ``lr_at(lr_step)`` (the optimiser-step count; the combiner's mix reads the loop ``step``). With two optimiser
     states (``parallel_average``), group ``k`` goes through AdamW state ``k``
     and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k`` (a group empty on every rank
     takes no part: its state does not step and the other weights are rescaled to the same total). A non-finite loss or
@@ -203,6 +203,9 @@ class HFBackend(TrainerBackend):
 
     def all_mean(self, values: dict[str, float]) -> dict[str, float]:
         return distributed.mean_over_ranks(values, self._topology)
+
+    def all_sum(self, values: torch.Tensor, /) -> torch.Tensor:
+        return distributed.sum_over_ranks(values, self._topology)
 
     def barrier(self) -> None:
         distributed.barrier(self._topology)

@@ -4,7 +4,8 @@ The backend does not wrap the model in ``DistributedDataParallel``: it forwards 
 the LM head itself (chunked log-probs), which bypasses DDP's ``forward`` hooks. Instead, after a group's
 micro-batches have all been back-propagated locally, :func:`average_gradients` all-reduces every gradient once,
 in one flat buffer (one collective per optimiser state and step, the same traffic as DDP's buckets with
-``no_sync`` during accumulation). Gradients are *averaged* over ranks, DDP's convention.
+``no_sync`` during accumulation). Gradients are *averaged* over ranks, DDP's convention; the loop's loss weights
+carry the factor ``W`` that makes the average the global batch's gradient (``train.dp_normalization``).
 
 The process group is created only when ``WORLD_SIZE > 1`` and none exists yet: gloo on CPU, NCCL on CUDA, with a
 timeout so a rank that dies does not hang the others forever.
@@ -99,16 +100,31 @@ def average_gradients(params: Sequence[torch.nn.Parameter], topology: Topology) 
 
 
 def mean_over_ranks(values: Mapping[str, float], topology: Topology) -> dict[str, float]:
-    """Mean of scalar metrics over ranks; every rank must pass the same keys."""
-    if not topology.distributed or not values:
+    """Mean of scalar metrics over the ranks that report each key (ranks may report different keys, or none:
+    a rank whose minibatch had no RL rows has no RL metrics). Every rank must call it."""
+    if not topology.distributed:
         return dict(values)
-    keys = sorted(values)
+    gathered: list[list[str] | None] = [None] * topology.world_size
+    dist.all_gather_object(gathered, sorted(values))
+    keys = sorted({k for ks in gathered for k in ks or ()})
+    if not keys:
+        return {}
     t = torch.tensor(
-        [float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device(topology)
-    )
+        [float(values.get(k, 0.0)) for k in keys] + [1.0 if k in values else 0.0 for k in keys],
+        dtype=torch.float64,
+        device=_collective_device(topology),
+    )  # [2K]: sums, then how many ranks reported each key
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= topology.world_size
-    return dict(zip(keys, t.tolist()))
+    n = len(keys)
+    return {k: float(t[i]) / max(float(t[n + i]), 1.0) for i, k in enumerate(keys)}
+
+
+def sum_over_ranks(values: Tensor, topology: Topology) -> Tensor:
+    """Elementwise sum over ranks of a tensor of the same shape on every rank; CPU float64 out."""
+    t = values.detach().to(device=_collective_device(topology), dtype=torch.float64).clone()
+    if topology.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu()
 
 
 def mean_tensor(value: Tensor, topology: Topology) -> Tensor:

@@ -54,6 +54,10 @@ class MegatronBackend(TrainerBackend):
     Two optimiser states (``parallel_average``): one distributed optimizer per state; both step from the same
     snapshot on their own group's gradient and the update is ``θ̄ + Σ_k w_k Δ_k`` (:meth:`_averaged_step`).
 
+    Data parallelism: megatron's DDP *averages* gradients over DP replicas (each is scaled by ``1/DP`` before the
+    reduce-scatter); the loop's loss weights normalise by the global batch's counts (:meth:`all_sum`) times ``DP``,
+    so the average is the global batch's gradient (``train.dp_normalization``).
+
     Sampling goes through a rollout engine on each replica's leader (:mod:`lmix_megatron.rollout`), refreshed
     from the megatron weights after every update. Checkpoints are megatron ``dist_checkpointing`` (model and
     distributed optimizer, reshardable); the final model is exported in HF format.
@@ -347,6 +351,13 @@ class MegatronBackend(TrainerBackend):
         dist.all_reduce(t, group=self.topo.dp_group)
         n = len(keys)
         return {k: float(t[i]) / max(float(t[n + i]), 1.0) for i, k in enumerate(keys)}
+
+    def all_sum(self, values: Tensor, /) -> Tensor:
+        """Sum over DP replicas (the ranks of one replica hold the same values, so only the DP group reduces)."""
+        t = values.detach().to(device=parallel.device(), dtype=torch.float64).clone()
+        if self.topo.dp > 1:
+            dist.all_reduce(t, group=self.topo.dp_group)
+        return t.cpu()
 
     def barrier(self) -> None:
         dist.barrier()
