@@ -43,6 +43,8 @@ _RUN_GAP_RE = re.compile(
     r"(?:[^\w=\\]|\\[$%,;:! ]|\\q?quad\b|\\(?:text|mathrm)\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b|_)*\Z"
 )
 _ALTERNATIVES_RE = re.compile(r"(?i)\b(?:or|either)\b")
+_CONTRAST_RE = re.compile(r"(?i)[,;]?\s*(?:\bbut\s+)?(?:\bnot\b|\brather\s+than\b|\binstead\s+of\b)")
+_NEGATED_RE = re.compile(r"(?i)(?:\bnot|n't|\bnever|\bexcept|\binstead\s+of|\brather\s+than)[\s$*]*\Z")
 _LAST_SENTENCE_RE = re.compile(r"[.!?](?:\s|$)|\n")
 _PROSE_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 _TEXT_GROUP_RE = re.compile(r"\\(?:text|mathrm|mbox)\{[^{}]*\}")
@@ -140,6 +142,7 @@ def final_number(text: str) -> Final:
 
     * no such number (``no answer found``);
     * a last sentence that offers alternatives with "or" / "either" (``several candidate answers``);
+    * a number right after a negation ("6, not 5", "rather than 5": ``no answer found``);
     * a run of numbers separated only by spaces, punctuation, ``$``, "and" / "or" (``3 3 3``, ``$3 $3 $3``): all
       equal is ``repeated answer``; different ones are returned as a list ``"1, 2, 3"``, which only a list
       reference equals.
@@ -161,6 +164,8 @@ def final_number(text: str) -> Final:
     sentence_start = max((m.end() for m in _LAST_SENTENCE_RE.finditer(tail, 0, run[0].start())), default=0)
     if _ALTERNATIVES_RE.search(tail, sentence_start, run[-1].end()) is not None:
         return Final(None, "several candidate answers")
+    if _NEGATED_RE.search(tail, max(sentence_start, run[0].start() - 20), run[0].start()) is not None:
+        return Final(None)  # "6, not 5": the final number is the one ruled out
     values = [m.group().replace(",", "") for m in run]
     if len(values) > 1 and len(set(values)) == 1:
         return Final(None, f"repeated answer: {values[0]} ({len(values)} times)")
@@ -174,9 +179,15 @@ def _is_prose(text: str) -> bool:
 
 def _clause_answer(clause: str) -> Final:
     """The final expression of an answer clause that is a sentence: its closing ``$...$`` or ``\\(...\\)`` (when it
-    is the clause's only math), else :func:`final_number`; nothing when the clause offers alternatives ("or")."""
+    is the clause's only math), else :func:`final_number`; nothing when the clause offers alternatives ("or"). A
+    contrast ("6, not 5", "rather than") ends the clause first."""
     if _ALTERNATIVES_RE.search(clause) is not None:
         return Final(None, "several candidate answers")
+    contrast = _CONTRAST_RE.search(clause)
+    if contrast is not None and contrast.start() > 0:  # "6, not 5": what comes before the contrast
+        clause = clause[: contrast.start()]
+        if not _is_prose(clause) and clause.strip(_MARKUP):
+            return Final(clause.strip(_MARKUP))
     found = _FINAL_MATH_RE.search(clause)
     if found is not None and clause.count("$") <= 2 and clause.count("\\(") <= 1:
         inner = (found.group(1) or found.group(2)).strip()

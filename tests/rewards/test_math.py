@@ -261,7 +261,7 @@ CORPUS = Path(__file__).with_name("math_corpus.jsonl")
 
 
 def test_corpus_verdicts():
-    """Every case of the math corpus (71 in 6 families: equivalent and different forms, extraction, reward hacking,
+    """Every case of the math corpus (76 in 6 families: equivalent and different forms, extraction, reward hacking,
     answer lists, costly expressions) gets the expected score, and the expected reason where one is given."""
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(rows) >= 70 and len({row["family"] for row in rows}) == 6
