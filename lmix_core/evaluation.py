@@ -199,7 +199,7 @@ def eval_command(args: Any) -> int:
 
     from lmix_core.data.loading import Names, load_examples, read_table
     from lmix_core.errors import LmixError
-    from lmix_core.recipe import load_recipe
+    from lmix_core.recipe import load_recipe, recipe_from_mapping
     from lmix_core.train.run import evaluate_saved
 
     target = Path(args.target)
@@ -218,14 +218,14 @@ def eval_command(args: Any) -> int:
             f"directory (config.json)"
         )
     if args.recipe:
-        recipe_path = Path(args.recipe)
+        recipe = load_recipe(args.recipe, tuple(overrides))
     elif is_run:
-        recipe_path = target / "recipe.toml"
+        recipe = load_recipe(target / "recipe.toml", tuple(overrides))
     else:
         if data_file is None:
             raise LmixError("a bare model directory needs --data FILE (the held-out questions), or --recipe")
-        recipe_path = _bare_recipe(target, args.rewards or "math", data_file)
-    recipe = load_recipe(recipe_path, tuple(overrides))
+        bare = _bare_recipe(target, args.rewards or "math", data_file)
+        recipe = recipe_from_mapping(bare, tuple(overrides), source=f"lmix eval {target}")
 
     changes = {
         field: getattr(args, dest)
@@ -284,15 +284,22 @@ def eval_command(args: Any) -> int:
     return 0
 
 
-def _bare_recipe(model: Path, rewards: str, data_file: str) -> Path:
-    """A recipe file for evaluating a bare model directory: the ``hf`` backend, the named rewards, the data file."""
-    import tempfile
+def _bare_recipe(model: Path, rewards: str, data_file: str) -> dict[str, Any]:
+    """The recipe (a mapping) for evaluating a bare model directory: the ``hf`` backend, the named rewards, the data."""
+    from lmix_core.errors import LmixError
+    from lmix_core.registries import REGISTRIES
 
-    body = ["schema = 1", "[backend]", 'type = "hf"', f"model = {json.dumps(str(model.resolve()))}"]
-    for name in (n for n in rewards.split(",") if n):
-        body += ["[[rewards]]", f"type = {json.dumps(name)}"]
-    data = json.dumps(data_file)
-    body += ["[train]", "steps = 1", "[data]", f"train = {data}", f"eval = {data}"]
-    path = Path(tempfile.mkdtemp(prefix="lmix-eval-")) / "eval.toml"
-    path.write_text("\n".join(body) + "\n")
-    return path
+    names = [n.strip() for n in rewards.split(",") if n.strip()]
+    registry = REGISTRIES["reward"]
+    for name in names:
+        if name not in registry:
+            raise LmixError(
+                f"--rewards: no reward named {name!r}\n  " + registry.suggest(name).replace("\n", "\n  ")
+            )
+    return {
+        "schema": 1,
+        "backend": {"type": "hf", "model": str(model.resolve())},
+        "rewards": [{"type": name} for name in names],
+        "train": {"steps": 1},
+        "data": {"train": data_file, "eval": data_file},
+    }

@@ -110,6 +110,10 @@ def test_eval_errors_name_the_options_passed(
         == 1
     )
     assert "data options: 'prompt_template' must contain '{prompt}'" in capsys.readouterr().err
+    assert cli.main(["eval", str(model), "--data", str(data), "--rewards", "math,multiple_choise"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lmix eval: error: --rewards: no reward named 'multiple_choise'")
+    assert "'multiple_choice'" in err
 
 
 def test_eval_takes_a_recipe(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
