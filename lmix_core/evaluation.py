@@ -252,10 +252,8 @@ def eval_command(args: Any) -> int:
         and args.demonstration_column is None
         and data.demonstration_column
         not in read_table(data_file, fmt=data.format, field="eval", names=names).column_names
-    ):
-        data = attrs.evolve(
-            data, demonstration_column=None
-        )  # demonstrations are optional here (nll is then null)
+    ):  # demonstrations are optional when evaluating (nll is then null)
+        data = attrs.evolve(data, demonstration_column=None)
     examples = load_examples(data, "eval", names=names)
     recipe = attrs.evolve(recipe, data=data)
 
