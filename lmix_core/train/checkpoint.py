@@ -14,8 +14,8 @@ naming the newest checkpoint). Writing checkpoint ``N`` goes through these file-
 
 Invariant: a directory named exactly ``step_NNNNNN`` is always complete (it only ever appears by a rename of a
 finished directory, and only disappears by a rename); ``step_N.old`` is complete whenever ``step_N`` is missing.
-:func:`latest` returns the checkpoint ``latest`` names when it is complete, else the newest complete one (with a
-warning); it never answers "no checkpoint" while a complete one exists, and raises :class:`CheckpointError` when
+:func:`latest` returns the checkpoint ``latest`` names when it is complete (or its ``.old`` copy), else the newest
+complete one (with a warning); it never answers "no checkpoint" while a complete one exists, and raises :class:`CheckpointError` when
 ``latest`` exists but no complete checkpoint does, so a damaged directory never restarts a run silently.
 
 Every file lmix reads back is read by :func:`read_torch` (``torch.load(weights_only=True)``: tensors and plain
@@ -182,15 +182,16 @@ def latest(run_dir: Path, *, warn: Callable[[str], None] | None = None) -> Path 
     root = checkpoint_root(run_dir)
     marker = root / "latest"
     note = f"{str(marker)!r} is not a file naming a checkpoint"
-    named = marker
     if marker.is_file():
         try:
             named = root / marker.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
             note = f"cannot read {str(marker)!r} ({exc})"
         else:
-            if STEP_DIR.fullmatch(named.name) and (named / "trainer.pt").is_file():
-                return named
+            if STEP_DIR.fullmatch(named.name):
+                for path in (named, named.with_name(named.name + ".old")):  # .old: a re-save stopped midway
+                    if (path / "trainer.pt").is_file():
+                        return path
             note = f"{str(marker)!r} names {named.name!r}, which is not a complete checkpoint"
     complete = complete_checkpoints(run_dir)
     if not complete:
@@ -201,7 +202,7 @@ def latest(run_dir: Path, *, warn: Callable[[str], None] | None = None) -> Path 
             )
         return None
     path = complete[-1][0]
-    if marker.exists() and path.name != f"{named.name}.old":  # a re-save of the named step, stopped midway
+    if marker.exists():
         (warn or _stderr)(f"{note}; resuming from the newest complete checkpoint, {path.name!r}")
     return path
 

@@ -16,13 +16,14 @@ The main rank writes the shared files, every rank its RNG file.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmix_core.errors import BackendError
+from lmix_core.errors import BackendError, CheckpointError
+from lmix_core.train.checkpoint import read_json, read_torch
 from lmix_hf.distributed import Topology, barrier
 
 FORMAT = 1
@@ -61,11 +62,19 @@ def load(
     optimizers: Sequence[torch.optim.Optimizer],
     meta: Mapping[str, Any],
 ) -> None:
-    """Restore what :func:`save` wrote; raise BackendError when the checkpoint does not fit this backend."""
+    """Restore what :func:`save` wrote.
+
+    Raises BackendError when the checkpoint does not fit this backend (format, optimiser-state count, dtype) and
+    CheckpointError, naming the file, when a file is missing, corrupt, or holds anything but tensors and plain values.
+    """
     info_file = path / "backend.json"
     if not info_file.is_file():
         raise BackendError(f"{str(path)!r} is not an HF-backend checkpoint (no backend.json)")
-    info = json.loads(info_file.read_text())
+    info = read_json(info_file)
+    if not isinstance(info, dict):
+        raise CheckpointError(
+            f"cannot read {str(info_file)!r}: it holds a {type(info).__name__}, not an object"
+        )
     if info.get("format") != FORMAT:
         raise BackendError(
             f"checkpoint {str(path)!r} has format {info.get('format')!r}; this backend reads {FORMAT}"
@@ -81,13 +90,27 @@ def load(
                 f"checkpoint {str(path)!r} was written with {key}={info.get(key)!r}, not {value!r}"
             )
     device = next(model.parameters()).device
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+    model_file = path / "model.pt"
+    _restore(model_file, model.load_state_dict, read_torch(model_file, map_location=device))
     for k, opt in enumerate(optimizers):
-        opt.load_state_dict(torch.load(path / f"optimizer_{k}.pt", map_location=device, weights_only=True))
+        opt_file = path / f"optimizer_{k}.pt"
+        _restore(opt_file, opt.load_state_dict, read_torch(opt_file, map_location=device))
     rng_file = path / f"rng_rank{topology.rank}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=True), topology)
+        _restore(rng_file, lambda state: _set_rng_state(state, topology), read_torch(rng_file))
     barrier(topology)
+
+
+def _restore(file: Path, load: Callable[[Any], Any], state: Any) -> None:
+    """``load(state)``; a state that does not fit (wrong keys, shapes or types) raises CheckpointError naming ``file``."""
+    try:
+        load(state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot restore {str(file)!r}: {type(exc).__name__}: {reason} (was it written by this run's model and "
+            "optimiser?)"
+        ) from None
 
 
 def _rng_state(topology: Topology) -> dict[str, torch.Tensor]:

@@ -46,7 +46,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lmix_core.errors import BackendError
+from lmix_core.errors import BackendError, CheckpointError
+from lmix_core.train.checkpoint import read_json, read_torch
 
 __all__ = [
     "DIST_OPT_METADATA",
@@ -280,7 +281,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
         raise BackendError(
             f"{str(directory)!r} is not a megatron checkpoint written by lmix (no lmix_megatron.json)"
         )
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"cannot read {str(path)!r}: it holds a {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise BackendError(
             f"{str(directory)!r} has checkpoint format {meta.get('format')!r}; this lmix reads {FORMAT}"
@@ -308,11 +311,23 @@ def load(directory: Path, *, model: Any, optimizers: Sequence[Any]) -> dict[str,
     for opt in optimizers:
         install_adam_checkpoint_fixes(opt)
     sharded = _sharded(model, optimizers, is_loading=True)
-    state = dist_checkpointing.load(sharded, str(directory / "dist"))
-    model.load_state_dict(state["model"], strict=True)
-    for k, opt in enumerate(optimizers):
-        opt.load_state_dict(state["optimizer" if k == 0 else f"optimizer_{k}"])
+    try:
+        state = dist_checkpointing.load(sharded, str(directory / "dist"))
+        model.load_state_dict(state["model"], strict=True)
+        for k, opt in enumerate(optimizers):
+            opt.load_state_dict(state["optimizer" if k == 0 else f"optimizer_{k}"])
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign checkpoint: one message naming it
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(
+            f"cannot restore the model and optimizer from {str(directory / 'dist')!r}: {type(exc).__name__}: {first}"
+        ) from None
     rng = directory / "rng" / f"rank{dist.get_rank()}.pt"
     if rng.exists() and meta.get("world_size") == dist.get_world_size():
-        torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
+        state = read_torch(rng)
+        if not (isinstance(state, dict) and isinstance(state.get("cpu"), torch.Tensor)):
+            raise CheckpointError(f"cannot read {str(rng)!r}: it holds no 'cpu' RNG state tensor")
+        try:
+            torch.set_rng_state(state["cpu"])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot restore {str(rng)!r}: {exc}") from None
     return meta
