@@ -5,8 +5,10 @@ from __future__ import annotations
 import bisect
 import functools
 import re
+import string
 import unicodedata
-from typing import final
+from collections.abc import Mapping
+from typing import Any, final
 
 import attrs
 
@@ -126,7 +128,7 @@ class MultipleChoice(RewardVerifier):
 
     The text is first NFKC-normalised (full-width ``Ｂ`` and ``：`` become ``B`` and ``:``), and the Arabic option
     letters (أ ب ج د ..., standing alone) are read as A, B, C, D, ... as in Arabic MMLU. The chosen letter is then
-    read by the first rule that finds one; a letter outside ``choices`` is never read:
+    read by the first rule that finds one; a letter that is not one of the question's is never read:
 
     1. the last answer statement: "The answer is (B)", "Answer: b", "the correct option is **C**", "the true claim
        is D", "I'd go with B", Chinese "答案是B" / "答案：B" / "故选B" / "正确选项为B", Arabic "الإجابة: ب" /
@@ -144,6 +146,8 @@ class MultipleChoice(RewardVerifier):
        ``B)`` or ``B:`` or is just ``B``; letters claimed wrong (rule 2), negated ("not (A)") or in a
        justification after the first letter of their sentence are left out.
 
+    The question's letters are the first N when ``metadata["choices"]`` lists its N options (as the ``mmlu`` data
+    adapter writes it), else ``choices``.
     A rule that finds two or more different letters ("The answer is B or C", "(B) or maybe (C)") scores 0 with
     reason ``ambiguous: B, C``; later rules are not consulted.
     The reference is a letter (``B``, ``(b)``, ``Ｂ``); a reference outside ``choices`` scores 0 with a reason saying
@@ -223,9 +227,21 @@ class MultipleChoice(RewardVerifier):
             letters.append(letter)
         return letters
 
-    def choose(self, completion: str) -> list[str]:
-        """The distinct letters the completion picks by the first rule that finds any (sorted); [] for none."""
-        p = _patterns(self.config.choices)
+    def letters(self, metadata: Mapping[str, Any]) -> str:
+        """The option letters of one question: the first N letters when ``metadata["choices"]`` is a list of N
+        (2 to 26) options, as the ``mmlu`` data adapter writes it; else ``choices``."""
+        options = metadata.get("choices") if isinstance(metadata, Mapping) else None
+        if isinstance(options, (list, tuple)) and 2 <= len(options) <= 26:
+            return string.ascii_uppercase[: len(options)]
+        return self.config.choices
+
+    def choose(self, completion: str, letters: str | None = None) -> list[str]:
+        """The distinct letters the completion picks by the first rule that finds any (sorted); [] for none.
+
+        ``letters`` are the question's option letters (default ``choices``); no other letter is ever returned.
+        """
+        letters = letters or self.config.choices
+        p = _patterns(letters)
         text = self._normalise(completion[-_SCAN_CHARS:])
         stated = self._statement(text, p)
         if stated:
@@ -240,20 +256,19 @@ class MultipleChoice(RewardVerifier):
                 return found
         head = text.strip()[:_STATEMENT_CHARS]
         bare = head.strip(_MARKUP)
-        if len(head) < _STATEMENT_CHARS and len(bare) == 1 and bare.upper() in self.config.choices:
+        if len(head) < _STATEMENT_CHARS and len(bare) == 1 and bare.upper() in letters:
             return [bare.upper()]
-        c = self.config.choices
+        c = letters
         opening = re.match(rf"[\s*_]*([{c}])[.):](?:\s|$)", head)
         found = self._formatted(text, p, negative) + ([opening.group(1)] if opening else [])
         return sorted(set(found))
 
     def score_one(self, sample: RewardInput, /) -> Verdict:
+        letters = self.letters(sample.metadata)
         reference = self._normalise(sample.reference).strip(_MARKUP).upper()
-        if len(reference) != 1 or reference not in self.config.choices:
-            return Verdict(
-                score=0.0, reason=f"reference {sample.reference[:20]!r} is not one of {self.config.choices}"
-            )
-        chosen = self.choose(sample.completion)
+        if len(reference) != 1 or reference not in letters:
+            return Verdict(score=0.0, reason=f"reference {sample.reference[:20]!r} is not one of {letters}")
+        chosen = self.choose(sample.completion, letters)
         if not chosen:
             return Verdict(score=0.0, reason="no choice found")
         if len(chosen) > 1:

@@ -174,3 +174,23 @@ def test_multilingual_references():
     assert judge("答案：B", reference="Ｂ").score == 1.0
     assert judge("الإجابة: ج", reference="ج").score == 1.0
     assert judge("Answer: C", reference="E").reason == "reference 'E' is not one of ABCD"
+
+
+def test_the_questions_own_choices_come_from_metadata():
+    """metadata['choices'] (as the mmlu adapter writes it) sets the letters per question: with three options D is
+    never read nor accepted as a reference; with five, E is read although the Config says ABCD."""
+    verifier = MultipleChoice.default()
+
+    def verdict(completion: str, reference: str, options: list) -> Verdict:
+        sample = RewardInput(
+            prompt="", completion=completion, reference=reference, metadata={"choices": options}
+        )
+        return verifier.score_one(sample)
+
+    three, five = ["red", "green", "blue"], ["1", "2", "3", "4", "5"]
+    assert verdict("The answer is D.", "A", three) == Verdict(score=0.0, reason="no choice found")
+    assert verdict("(D)", "D", three).reason == "reference 'D' is not one of ABC"
+    assert verdict("The answer is E.", "E", five) == Verdict(score=1.0, reason="correct")
+    assert (
+        verdict("The answer is C.", "C", "not a list").score == 1.0
+    )  # unusable metadata: the Config's letters
