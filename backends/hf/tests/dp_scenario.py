@@ -8,7 +8,8 @@ ordered so that its minibatch ``k`` holds exactly the rows of the ranks' minibat
 through the loop's own micro-batch building (``Trainer._optimise``) and returns the gradient of every optimiser
 step, as the backend hands it to the optimiser (after averaging over ranks).
 
-Used by ``test_dp_normalization.py`` (HF, 2 gloo ranks) and the megatron DP2 worker.
+Used by ``test_dp_normalization.py`` (HF, 2 gloo ranks) and ``workers/dp_norm_megatron_worker.py`` of the megatron
+tests (DP2).
 """
 
 from __future__ import annotations
