@@ -11,6 +11,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from lmix_core.errors import BackendError
 from lmix_core.interfaces.base import Component
 from lmix_core.interfaces.combiner import PolicyCombiner
 from lmix_core.types import (
@@ -97,9 +98,17 @@ class TrainerBackend(Component):
         """Elementwise sum over data-parallel ranks of a CPU float64 tensor of the same shape on every rank.
 
         The loop sums each minibatch's token and row counts with it, so that loss weights normalise by the global
-        batch (``train.dp_normalization = "global"``). Identity (a copy) when not distributed. Every rank must call
-        it, in the same order.
+        batch (``train.dp_normalization = "global"``). Every rank must call it, in the same order. The default is
+        for one process (a copy); a backend with ``world_size > 1`` must override it.
+
+        Raises:
+            BackendError: ``world_size > 1`` and the backend does not override it.
         """
+        if self.world_size > 1:
+            raise BackendError(
+                f"{type(self).__name__} runs {self.world_size} data-parallel ranks but does not implement all_sum; "
+                "the loop needs it to normalise the loss over ranks"
+            )
         return values.detach().to("cpu", torch.float64).clone()
 
     def barrier(self) -> None:  # noqa: B027 - no-op when not distributed
