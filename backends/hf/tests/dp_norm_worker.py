@@ -49,7 +49,7 @@ def gradient_recorder(backend) -> Callable[[], list[torch.Tensor]]:  # noqa: ANN
 
 def main() -> None:
     model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-    backend = make_backend(model_dir, grad_clip=0.0, micro_batch_size=3)
+    backend = make_backend(model_dir, grad_clip=0.0, micro_batch_size=3, distributed_timeout_s=120.0)
     capture = gradient_recorder(backend)
     pad = backend.tokenizer.pad_token_id or 0
     data = local_step(backend.rank, pad)

@@ -30,7 +30,7 @@ def test_two_ranks_with_unequal_lengths_take_the_global_batch_gradient(model_dir
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(here / "dp_norm_worker.py"), str(model_dirs["policy"]), str(tmp_path),
     ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     ddp = torch.load(tmp_path / "grads.pt")
 

@@ -22,6 +22,7 @@ def test_dp2_with_unequal_lengths_takes_the_global_batch_gradient(
         {"policy": tiny_models["qwen2"], "hf_tests": HF_TESTS},
         tmp_path,
         nproc=2,
+        timeout=300,
     )
     if code != 0 or result is None:
         pytest.fail(f"worker exited with {code}:\n{log[-6000:]}")

@@ -41,7 +41,7 @@ def backend(args: dict[str, Any]) -> Any:
         "lr": 1e-3,
         "weight_decay": 0.0,
         "grad_clip": 0.0,
-        "distributed_timeout_s": 300.0,
+        "distributed_timeout_s": 120.0,
     }
     return MegatronBackend(
         build(MegatronBackend.Config, table), BackendContext(combiner=Policy(Policy.Config()))
