@@ -715,6 +715,10 @@ class MegatronBackend(TrainerBackend):
         for opt in self.optimizers:
             opt.zero_grad()
         if not mbs:
+            # another DP replica may train on this group: take part in its gradient reduction (zeros from here),
+            # as the schedule does after a forward-backward, or the replicas' collectives would not match
+            if self.topo.dp > 1:
+                self.tconfig.finalize_model_grads_func([self.model])
             return 0.0, {}
         packs = [self._pack(mb.tokens) for mb in mbs]
         want_ref = bool(objective.needs_ref_logp)
