@@ -183,7 +183,7 @@ class MixerInputs:
     """What a mixer sees after rollouts are scored.
 
     Attributes:
-        step: 0-based optimiser step.
+        step: 0-based loop step.
         question_ids: ``Q`` dataset indices of this step's questions.
         rewards: ``[Q, G]`` rewards, or None when the plan had no rollouts.
         correct: ``[Q, G]`` bool, rollouts judged correct, or None.
@@ -271,7 +271,7 @@ class GenerationRequest:
         stop: strings that end a response (the stop string is kept).
         seed: seeds the sampling generator; the same request and seed give the same tokens.
         distribution: ``combined`` samples the combiner's distribution, ``policy`` the trained policy alone.
-        step: optimiser step (combiners with schedules read it).
+        step: the loop step (combiners with schedules read it).
     """
 
     prompt_ids: tuple[tuple[int, ...], ...]

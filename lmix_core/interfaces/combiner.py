@@ -71,7 +71,8 @@ class PolicyCombiner(Component):
         Args:
             z_policy: trainable policy logits. Shape: ``[..., V]``.
             z_refs: ``num_references`` reference logits, each ``[..., V]``; treated as constants.
-            step: optimiser step, for scheduled combiners.
+            step: the loop step (``0 … train.steps − 1``), for scheduled combiners; the same for sampling,
+                scoring and every optimiser step on a step's rollouts.
 
         Returns:
             ``[..., V]`` logits of the combined distribution (before the sampling temperature).
@@ -83,7 +84,7 @@ class PolicyCombiner(Component):
         """Forced demonstration-prefix lengths, in tokens.
 
         Args:
-            step: optimiser step.
+            step: the loop step.
             demo_lengths: ``[Q]`` int64 token lengths of each question's demonstration (0 when there is none).
             group_size: rollouts per question ``G``.
             generator: seeded CPU generator for any random draw.
@@ -102,7 +103,7 @@ class PolicyCombiner(Component):
             mask: ``[N, S]`` bool response tokens.
             prefix_mask: ``[N, S]`` bool forced prefix tokens (a subset of ``mask``).
             entropy: ``[N, S]`` entropy of the behaviour distribution, or None when ``needs_entropy`` is False.
-            step: optimiser step.
+            step: the loop step.
         """
         return LossMasks(token_weight=mask.float(), offpolicy=prefix_mask.clone())  # [N, S], [N, S]
 
