@@ -59,6 +59,7 @@ def test_first_inner_update_of_a_scheduled_weighted_mix_has_ratio_one(tiny_run_i
     ]
     firsts = [calls[s * E * M] for s in range(2)]
     for c in firsts:
-        assert c["dlogp"] and max(c["dlogp"]) < 1e-5, c["dlogp"]
+        # measured exactly 0; the tolerance only allows for a different padding width between the two forwards
+        assert c["dlogp"] and max(c["dlogp"]) < 1e-6, c["dlogp"]
     # the later inner updates of step 1 do see a moved policy (the check above is not vacuous)
     assert max(d for c in calls[E * M + 1 :] for d in c["dlogp"]) > 1e-4
