@@ -10,7 +10,7 @@ A recipe names one registered component per slot and sets the run's settings::
     model = "runs/sft/model"
 
     [combiner]                # optional slots, each with a default type: combiner=policy, advantage=grpo,
-    type = "logit_average"    # loss=ppo_clip, mixer=rl
+    type = "logit_average"    # loss=ppo_clip, mixer=rl, rollout_engine=hf
     alpha = 0.5
 
     [[rewards]]               # at least one; `weight` (default 1.0) is not a Config field
@@ -79,6 +79,7 @@ SLOTS: tuple[Slot, ...] = (
     Slot("advantage", "advantage", "grpo"),
     Slot("loss", "loss", "ppo_clip"),
     Slot("mixer", "mixer", "rl"),
+    Slot("rollout_engine", "rollout_engine", "hf"),
 )
 #: The array-of-tables slot: reward verifiers, each with a weight.
 REWARDS = "rewards"
@@ -97,6 +98,13 @@ DATA_PATH_FIELDS = ("train", "eval")
 #: Fields of ``[backend]`` that may be local paths or hub ids: resolved against the recipe when they start with
 #: ``./`` or ``../`` or exist relative to it.
 BACKEND_PATH_FIELDS = ("model", "references")
+#: Kinds built with a context, and who builds it.
+CONTEXT_KINDS = {
+    "backend": "a BackendContext: build it with spec.build(context) after the other components (the training "
+    "loop does this)",
+    "rollout_engine": "an EngineContext: pass spec.build as BackendContext.rollout_engine (the backend builds "
+    "the engine)",
+}
 TOP_LEVEL = ("schema", "description", *(s.key for s in SLOTS), REWARDS, *SETTINGS)
 
 
@@ -126,21 +134,22 @@ class ComponentSpec:
     slot: str = ""
 
     def build(self, context: Any = None) -> Any:
-        """Instantiate the component: ``cls(config)``, or ``cls(config, context)`` for the backend.
+        """Instantiate the component: ``cls(config)``, or ``cls(config, context)`` for a backend or rollout engine.
 
         Args:
-            context: the :class:`~lmix_core.interfaces.backend.BackendContext`, required for the backend (the
-                training loop builds it once the other components exist) and refused for the others.
+            context: required for the kinds in :data:`CONTEXT_KINDS` and refused for the others: the backend's
+                :class:`~lmix_core.interfaces.backend.BackendContext` (the training loop builds it once the other
+                components exist), the rollout engine's :class:`~lmix_core.interfaces.rollout_engine.EngineContext`
+                (the backend builds it: pass ``spec.build`` as ``BackendContext.rollout_engine``).
         """
-        if self.kind == "backend":
+        if self.kind in CONTEXT_KINDS:
             if context is None:
-                raise LmixError(
-                    f"backend {self.name!r} needs a BackendContext: build it with spec.build(context) after "
-                    f"the other components (the training loop does this)"
-                )
+                raise LmixError(f"{self.kind} {self.name!r} needs {CONTEXT_KINDS[self.kind]}")
             return self.cls(self.config, context)
         if context is not None:
-            raise LmixError(f"{self.kind} {self.name!r} takes no context (only the backend does)")
+            raise LmixError(
+                f"{self.kind} {self.name!r} takes no context (only {' and '.join(CONTEXT_KINDS)} do)"
+            )
         return self.cls(self.config)
 
     @property
@@ -172,7 +181,7 @@ class Recipe:
         schema: the format version (always :data:`SCHEMA`).
         description: free text from the recipe.
         raw: the recipe as read, after overrides and path resolution, before defaults are filled in.
-        backend, combiner, advantage, loss, mixer: the single-component slots.
+        backend, combiner, advantage, loss, mixer, rollout_engine: the single-component slots.
         rewards: the reward verifiers, in recipe order, with their weights.
         train, sampling, eval, logging: :mod:`lmix_core.settings` Configs.
         data: the :class:`~lmix_core.data.config.DataConfig`.
@@ -187,6 +196,7 @@ class Recipe:
     advantage: ComponentSpec
     loss: ComponentSpec
     mixer: ComponentSpec
+    rollout_engine: ComponentSpec
     rewards: tuple[ComponentSpec, ...]
     train: Any
     sampling: Any
@@ -195,7 +205,7 @@ class Recipe:
     data: Any
 
     def components(self) -> list[ComponentSpec]:
-        """Every component in recipe order: backend, combiner, advantage, loss, mixer, then the rewards."""
+        """Every component in recipe order: backend, combiner, advantage, loss, mixer, rollout engine, rewards."""
         return [getattr(self, s.key) for s in SLOTS] + list(self.rewards)
 
     def resolved(self) -> dict[str, Any]:

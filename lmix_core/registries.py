@@ -1,4 +1,4 @@
-"""The six component kinds and their module-level registries, one line each."""
+"""The seven component kinds and their module-level registries, one line each."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ LOSS = Kind("loss", "lmix.losses", "lmix_core.interfaces.loss:PolicyLoss")
 MIXER = Kind("mixer", "lmix.mixers", "lmix_core.interfaces.mixer:Mixer")
 REWARD = Kind("reward", "lmix.rewards", "lmix_core.interfaces.reward:RewardVerifier")
 BACKEND = Kind("backend", "lmix.backends", "lmix_core.interfaces.backend:TrainerBackend")
+ROLLOUT_ENGINE = Kind(
+    "rollout_engine", "lmix.rollout_engines", "lmix_core.interfaces.rollout_engine:RolloutEngine"
+)
 
-KINDS: dict[str, Kind] = {k.name: k for k in (COMBINER, ADVANTAGE, LOSS, MIXER, REWARD, BACKEND)}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (COMBINER, ADVANTAGE, LOSS, MIXER, REWARD, BACKEND, ROLLOUT_ENGINE)
+}
 
 combiners: Registry = Registry(COMBINER)
 advantages: Registry = Registry(ADVANTAGE)
@@ -19,6 +24,7 @@ losses: Registry = Registry(LOSS)
 mixers: Registry = Registry(MIXER)
 rewards: Registry = Registry(REWARD)
 backends: Registry = Registry(BACKEND)
+rollout_engines: Registry = Registry(ROLLOUT_ENGINE)
 
 REGISTRIES: dict[str, Registry] = {
     "combiner": combiners,
@@ -27,6 +33,7 @@ REGISTRIES: dict[str, Registry] = {
     "mixer": mixers,
     "reward": rewards,
     "backend": backends,
+    "rollout_engine": rollout_engines,
 }
 
 

@@ -19,6 +19,9 @@ _MODULE_OF = {
     "PolicyLoss": "loss",
     "Mixer": "mixer",
     "RewardVerifier": "reward",
+    "EngineContext": "rollout_engine",
+    "RolloutEngine": "rollout_engine",
+    "SharedModels": "rollout_engine",
     "Role": "reward",
 }
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from lmix_core.interfaces.loss import PolicyLoss
     from lmix_core.interfaces.mixer import Mixer
     from lmix_core.interfaces.reward import RewardVerifier, Role
+    from lmix_core.interfaces.rollout_engine import EngineContext, RolloutEngine, SharedModels
 
 
 def __getattr__(name: str) -> Any:
@@ -42,11 +46,14 @@ __all__ = [
     "AdvantageEstimator",
     "BackendContext",
     "Component",
+    "EngineContext",
     "Mixer",
     "Objective",
     "PolicyCombiner",
     "PolicyLoss",
     "RewardVerifier",
     "Role",
+    "RolloutEngine",
+    "SharedModels",
     "TrainerBackend",
 ]

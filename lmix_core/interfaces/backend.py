@@ -14,6 +14,7 @@ from torch import Tensor
 from lmix_core.errors import BackendError
 from lmix_core.interfaces.base import Component
 from lmix_core.interfaces.combiner import PolicyCombiner
+from lmix_core.interfaces.rollout_engine import EngineFactory, default_engine
 from lmix_core.types import (
     Generation,
     GenerationRequest,
@@ -46,6 +47,8 @@ class BackendContext:
         update_weights: weight of each state's update.
         seed: the run's seed.
         out_dir: the run directory (backends may keep scratch files there).
+        rollout_engine: builds the backend's :class:`~lmix_core.interfaces.rollout_engine.RolloutEngine`, through
+            which it samples (the recipe's ``[rollout_engine]`` table; default the built-in ``hf`` engine).
     """
 
     combiner: PolicyCombiner
@@ -54,6 +57,7 @@ class BackendContext:
     update_weights: tuple[float, ...] = (1.0,)
     seed: int = 0
     out_dir: Path | None = None
+    rollout_engine: EngineFactory = default_engine
 
 
 class TrainerBackend(Component):

@@ -51,6 +51,7 @@ def build(recipe: Any, out_dir: Path, *, data: Any = None) -> Components:
         update_weights=mixer.update_weights,
         seed=recipe.train.seed,
         out_dir=out_dir,
+        rollout_engine=recipe.rollout_engine.build,
     )
     backend = recipe.backend.cls(recipe.backend.config, context)
     return Components(

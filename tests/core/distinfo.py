@@ -70,9 +70,25 @@ from lmix_core.interfaces import (
     PolicyCombiner,
     PolicyLoss,
     RewardVerifier,
+    RolloutEngine,
     TrainerBackend,
 )
 from lmix_core.types import Verdict
+
+
+@typing.final
+class ToyEngine(RolloutEngine):
+    """A rollout engine that only has a Config."""
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        decoder: Literal["fused", "transformers"] = "fused"
+
+    def load_policy_weights(self, weights, /):
+        raise NotImplementedError
+
+    def generate(self, request, /):
+        raise NotImplementedError
 
 
 @typing.final
@@ -263,6 +279,7 @@ def fake_entry_points(
     """Entry points of the fake distribution, in groups ``<group_prefix>.<kinds>``, names mapped by ``name``."""
     return {
         f"{group_prefix}.backends": {name("toy"): "lmt_fakes:ToyBackend"},
+        f"{group_prefix}.rollout_engines": {name("hf"): "lmt_fakes:ToyEngine"},
         f"{group_prefix}.combiners": {
             name("policy"): "lmt_fakes:Policy",
             name("logit_average"): "lmt_fakes:LogitAverage",

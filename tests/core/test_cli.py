@@ -124,7 +124,15 @@ def test_components_json_lists_every_builtin_by_kind_with_provider():
     proc = lmix("components", "--json")
     assert proc.returncode == 0, proc.stderr
     listing = json.loads(proc.stdout)
-    assert set(listing) == {"combiner", "advantage", "loss", "mixer", "reward", "backend"}
+    assert set(listing) == {
+        "combiner",
+        "advantage",
+        "loss",
+        "mixer",
+        "reward",
+        "backend",
+        "rollout_engine",
+    }
     declared = _declared_first_party()
     assert sum(len(v) for v in declared.values()) >= 29
     for group, names in declared.items():

@@ -75,7 +75,7 @@ def test_minimal_recipe_fills_defaults(registries, tmp_path):
     """Absent optional slots take their default types; settings tables their defaults; weight defaults to 1."""
     recipe = load_recipe(write(tmp_path, BASE), registries=registries)
     assert isinstance(recipe, Recipe)
-    assert [s.name for s in recipe.components()] == ["toy", "policy", "grpo", "ppo_clip", "rl", "math"]
+    assert [s.name for s in recipe.components()] == ["toy", "policy", "grpo", "ppo_clip", "rl", "hf", "math"]
     assert recipe.rewards[0].weight == 1.0
     assert recipe.backend.config.model == "org/model"
     assert recipe.advantage.config.eps == 1e-6
@@ -110,7 +110,16 @@ def test_provenance_and_summary_name_providers(registries, tmp_path):
         "version": "0.3",
         "entry_point": "lmt_fakes:Policy",
     }
-    assert [p["slot"] for p in prov] == ["backend", "combiner", "advantage", "loss", "mixer", "rewards[0]"]
+    assert [p["slot"] for p in prov] == [
+        "backend",
+        "combiner",
+        "advantage",
+        "loss",
+        "mixer",
+        "rollout_engine",
+        "rewards[0]",
+    ]
+    assert "rollout_engine=hf (lmix-fakes 0.3)" in recipe.summary()
     assert "backend=toy (lmix-fakes 0.3)" in recipe.summary()
     assert "rewards=[math*1 (lmix-fakes 0.3)]" in recipe.summary()
 

@@ -14,13 +14,14 @@ from attrs import validators as v
 
 from lmix_core.errors import BackendError, ConfigError
 from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
+from lmix_core.interfaces.rollout_engine import EngineContext, SharedModels
 from lmix_core.ops.update_average import step_averaged
 from lmix_core.types import Generation, GenerationRequest, MicroBatch, StepReport, TokenBatch, TokenStats
 from lmix_hf import checkpoint, distributed
 from lmix_hf.loading import head_weight, load_causal_lm, load_tokenizer, model_dir, quiet_progress
 from lmix_hf.lr_schedule import lr_at
 from lmix_hf.micro_batches import split_rows
-from lmix_hf.sampler import Sample, Sampler
+from lmix_hf.sampler import Sample
 from lmix_hf.token_stats import token_stats
 
 
@@ -31,7 +32,7 @@ def _betas(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]
 
 @final
 class HFBackend(TrainerBackend):
-    r"""Trains a local transformers causal LM with AdamW; samples with :class:`lmix_hf.sampler.Sampler`.
+    r"""Trains a local transformers causal LM with AdamW; samples through the run's rollout engine.
 
     Models: the policy is loaded from ``model`` (with its tokenizer and chat template); ``context.num_references``
     frozen references (eval mode, no gradient, no optimiser state) are loaded from ``references`` in order, the
@@ -172,7 +173,20 @@ class HFBackend(TrainerBackend):
             self._references.append(ref)
         self._params = [p for p in self._policy.parameters() if p.requires_grad]
         self._optimizers = [self._adamw() for _ in range(context.num_optimizer_states)]
-        self._sampler = Sampler(self._tokenizer)
+        # sampling goes through the rollout engine; the in-process `hf` engine samples these very modules
+        self._engine = context.rollout_engine(
+            EngineContext(
+                combiner=context.combiner,
+                tokenizer=self._tokenizer,
+                policy_dir=policy_dir,
+                reference_dirs=tuple(ref_dirs),
+                dtype=config.dtype,
+                device=device,
+                shared=SharedModels(policy=self._policy, references=tuple(self._references)),
+            )
+        )
+        self._version = 0  # bumped by every update of the policy's weights
+        self._engine_version = -1  # the version the engine last loaded
 
     def _adamw(self) -> torch.optim.AdamW:
         decay = [p for p in self._params if p.dim() >= 2]
@@ -211,6 +225,7 @@ class HFBackend(TrainerBackend):
         distributed.barrier(self._topology)
 
     def close(self) -> None:
+        self._engine.close()
         distributed.teardown(self._topology)
 
     # -- models ----------------------------------------------------------------------------------------------
@@ -239,14 +254,22 @@ class HFBackend(TrainerBackend):
         combiner = self.context.combiner
         return self._references[: combiner.num_references], functools.partial(combiner.mix_logits, step=step)
 
+    @property
+    def engine(self) -> Any:
+        """The :class:`~lmix_core.interfaces.rollout_engine.RolloutEngine` this backend samples through."""
+        return self._engine
+
     def sample(self, request: GenerationRequest, /) -> Sample:
         """Like :meth:`generate`, also returning the sampled tokens' log-probs under the sampling distribution."""
-        refs, mix = self._mixing(request.distribution, request.step)
-        self._policy.eval()
-        return self._sampler.sample(request, self._policy, refs, mix)
+        return Sample(generation=self.generate(request))
 
     def generate(self, request: GenerationRequest, /) -> Generation:
-        return self.sample(request).generation
+        if self._engine_version != self._version:  # the weight-sync point: once after each update
+            engine = self._engine
+            engine.load_policy_weights(self._policy.state_dict() if engine.needs_weights else None)
+            self._engine_version = self._version
+        self._policy.eval()
+        return self._engine.generate(request)
 
     def score(
         self,
@@ -364,6 +387,7 @@ class HFBackend(TrainerBackend):
             for p in self._params:
                 p.grad = None
             return StepReport(loss=loss, grad_norms=tuple(norms), skipped=True, metrics=metrics)
+        self._version += 1
         if K == 1:
             self._optimizers[0].step()
         else:
@@ -388,6 +412,7 @@ class HFBackend(TrainerBackend):
         )
 
     def load_checkpoint(self, path: Path, /) -> None:
+        self._version += 1
         checkpoint.load(
             Path(path),
             topology=self._topology,

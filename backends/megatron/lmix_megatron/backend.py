@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lmix_core.errors import BackendError, ConfigError
 from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
+from lmix_core.interfaces.rollout_engine import EngineContext
 from lmix_core.ops.update_average import present_weights
 from lmix_core.types import Generation, GenerationRequest, MicroBatch, StepReport, TokenBatch, TokenStats
 from lmix_megatron import batching, checkpoint, compat, parallel, vocab_parallel
@@ -58,8 +59,12 @@ class MegatronBackend(TrainerBackend):
     reduce-scatter); the loop's loss weights normalise by the global batch's counts (:meth:`all_sum`) times ``DP``,
     so the average is the global batch's gradient (``train.dp_normalization``).
 
-    Sampling goes through a rollout engine on each replica's leader (:mod:`lmix_megatron.rollout`), refreshed
-    from the megatron weights after every update. Checkpoints are megatron ``dist_checkpointing`` (model and
+    Sampling goes through the run's rollout engine (``context.rollout_engine``, the recipe's ``[rollout_engine]``),
+    one on each replica's model-parallel leader (TP rank 0 of the first pipeline stage), which samples the
+    replica's prompts; the result is broadcast to the replica's other ranks. Megatron-core's own inference engines
+    are CUDA-only, so the engine keeps its own copy of the policy: before the first ``generate`` after an update,
+    every rank takes part in exporting the full HF-named state dict (TP all-gather, PP gather to the leader) and
+    the leader passes it to ``load_policy_weights``. Checkpoints are megatron ``dist_checkpointing`` (model and
     distributed optimizer, reshardable); the final model is exported in HF format.
 
     Peer convention: verl / NeMo-RL / slime keep the reference's log-probs only; logit averaging needs the whole
@@ -103,8 +108,6 @@ class MegatronBackend(TrainerBackend):
             reference_cache: ``rollouts`` keeps the references' final hidden states of the last ``score``d
                 batch (last pipeline stage, ``tokens × h`` per reference) so that ``train_step`` on its rows runs no
                 reference pass; ``none`` runs the references in every call.
-            rollout_engine: where rollouts are sampled (``hf``: in-process transformers copy on each replica's
-                leader).
             distributed_timeout_s: process-group timeout; a rank that dies or hangs ends its peers' collectives
                 with an error after this long.
         """
@@ -138,7 +141,6 @@ class MegatronBackend(TrainerBackend):
         reference_cache: Literal["rollouts", "none"] = attrs.field(
             default="rollouts", validator=v.in_(("rollouts", "none"))
         )
-        rollout_engine: Literal["hf"] = attrs.field(default="hf", validator=v.in_(("hf",)))
         distributed_timeout_s: float = attrs.field(default=1800.0, validator=v.gt(0.0))
 
         def __attrs_post_init__(self) -> None:
@@ -851,24 +853,25 @@ class MegatronBackend(TrainerBackend):
         return export_hf_state_dict(self.gpt, self.arch, dtype=DTYPES[self.config.dtype])
 
     def generate(self, request: GenerationRequest, /) -> Generation:
-        if self._engine_version != self._version:
-            sd = self._export()
+        if self._engine_version != self._version:  # the weight-sync point: once after each update
+            sd = self._export()  # a collective: every rank takes part
             if self.topo.is_mp_leader:
                 if self._engine is None:
-                    from lmix_megatron.rollout import ENGINES
-
-                    self._engine = ENGINES[self.config.rollout_engine](
-                        hf_config=self.hf_config,
-                        tokenizer=self.tokenizer,
-                        references=self.reference_dirs,
-                        dtype=DTYPES[self.config.dtype],
-                        device=parallel.device(),
+                    self._engine = self.context.rollout_engine(
+                        EngineContext(
+                            combiner=self.context.combiner,
+                            tokenizer=self.tokenizer,
+                            policy_dir=self._hf_side,
+                            reference_dirs=tuple(self.reference_dirs),
+                            dtype=self.config.dtype,
+                            device=parallel.device(),
+                        )
                     )
-                self._engine.load_policy_weights(sd)
+                self._engine.load_policy_weights(sd if self._engine.needs_weights else None)
             self._engine_version = self._version
         gen = None
         if self.topo.is_mp_leader:
-            gen = self._engine.generate(request, combiner=self.context.combiner)
+            gen = self._engine.generate(request)
         return self._broadcast(gen)
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -900,7 +903,9 @@ class MegatronBackend(TrainerBackend):
     def close(self) -> None:
         from megatron.core import parallel_state
 
-        self._engine = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         if parallel_state.model_parallel_is_initialized():
             parallel_state.destroy_model_parallel()
         if self._owns_pg and dist.is_initialized():
