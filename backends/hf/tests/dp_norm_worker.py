@@ -30,9 +30,9 @@ def gradient_recorder(backend) -> Callable[[], list[torch.Tensor]]:  # noqa: ANN
     """Record the gradient the optimiser receives (after averaging over ranks), then zero it so AdamW (no weight
     decay, zero moments) leaves the parameters exactly as they were. Returns ``capture()``."""
     seen: list[torch.Tensor] = []
-    params = backend._params
 
     def hook(optimizer, args, kwargs) -> None:  # noqa: ANN001
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         seen.append(torch.cat([p.grad.detach().reshape(-1).float() for p in params]).clone())  # [P]
         for p in params:
             p.grad.zero_()
