@@ -47,3 +47,27 @@ def test_demo_runs_every_stage_and_writes_its_summary(
     assert all(": " in r["solution"] for r in train if r not in bare)
     assert all(": " in r["solution"] for r in held)
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+
+
+@pytest.mark.parametrize("mode", ["QUICK", "SMOKE"])
+def test_each_mode_changes_valid_recipe_keys(mode: str, tmp_path: Path) -> None:
+    """``--quick`` and ``--smoke`` change only keys the shipped stage recipes accept, to the values they state."""
+    changes = getattr(command, mode)
+    for stage, name in (("sft", "sft"), ("rl", "grpo_logit_average")):
+        recipe = command.stage_recipe(
+            name, command.merged({"data": {"train": str(tmp_path)}}, changes.get(stage, {}))
+        )
+        for table, values in changes.get(stage, {}).items():
+            settings = recipe.backend.config if table == "backend" else getattr(recipe, table)
+            assert {key: getattr(settings, key) for key in values} == values
+    assert set(changes.get("sizes", {})) <= set(command.DEMO)
+
+
+def test_quick_and_smoke_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    """``lmix demo --smoke`` parses; ``--quick --smoke`` is a usage error (exit 2)."""
+    from lmix_core.cli import build_parser, main
+
+    args = build_parser().parse_args(["demo", "--smoke"])
+    assert args.smoke and not args.quick
+    assert main(["demo", "--quick", "--smoke"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
