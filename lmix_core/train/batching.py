@@ -68,24 +68,22 @@ def trim(batch: TokenBatch, tensors: dict[str, Tensor]) -> tuple[TokenBatch, dic
     return out, {k: (v[:, keep] if v.dim() == 2 else v) for k, v in tensors.items()}
 
 
-def step_counts(
-    masks: Sequence[Tensor | None], backend: TrainerBackend, *, across_ranks: bool
-) -> list[StepCounts]:
-    """Token and row counts of each mask, summed over data-parallel ranks in one collective.
+def local_counts(masks: Sequence[Tensor | None]) -> list[StepCounts]:
+    """This rank's token and row counts of each ``[n, S]`` loss mask (None: no rows), ``ranks = 1``."""
+    empty = StepCounts(tokens=0.0, rows=0.0, all_rows=0.0)
+    return [empty if m is None else StepCounts.of(m) for m in masks]
+
+
+def global_counts(masks: Sequence[Tensor | None], backend: TrainerBackend) -> list[StepCounts]:
+    """The counts of each mask summed over the ``W`` data-parallel ranks in one collective (``ranks = W``).
 
     Args:
         masks: ``[n, S]`` loss masks (None: no rows), the same number on every rank, in the same order.
         backend: sums the counts over ranks (:meth:`TrainerBackend.all_sum`).
-        across_ranks: sum over the ``W = backend.world_size`` ranks (``ranks = W``), or keep this rank's own
-            counts (``ranks = 1``, no collective).
-
-    Returns:
-        One :class:`StepCounts` per mask.
     """
-    empty = StepCounts(tokens=0.0, rows=0.0, all_rows=0.0)
-    local = [empty if m is None else StepCounts.of(m) for m in masks]
+    local = local_counts(masks)
     W = backend.world_size
-    if not across_ranks or W == 1 or not local:
+    if W == 1 or not local:
         return local
     summed = backend.all_sum(torch.stack([c.as_tensor() for c in local]))  # [M, 3]
     return [StepCounts.from_tensor(row, ranks=W) for row in summed]

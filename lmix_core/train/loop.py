@@ -29,7 +29,7 @@ from lmix_core.interfaces.backend import TrainerBackend
 from lmix_core.ops.aggregation import StepCounts
 from lmix_core.ops.kl_reward import kl_penalised_rewards
 from lmix_core.train import checkpoint
-from lmix_core.train.batching import SFTRows, demonstration_batch, step_counts, trim
+from lmix_core.train.batching import SFTRows, demonstration_batch, global_counts, local_counts, trim
 from lmix_core.train.components import Components
 from lmix_core.train.logging import FlatRewards, MetricsLog, Tracker, roll_back
 from lmix_core.train.objective import StepObjective
@@ -271,18 +271,19 @@ class Trainer:
         for mb in range(nmb):
             masks.append(self._rl_mask(rl, rl_rows[mb]))
             masks.append(None if sft_rows[mb] is None else sft_rows[mb].tokens.loss_mask)
-        counts = step_counts(masks, self.backend, across_ranks=p.train.dp_normalization == "global")
+        total = global_counts(masks, self.backend)
+        counts = total if p.train.dp_normalization == "global" else local_counts(masks)
         minibatches = []
         for mb in range(nmb):
-            rl_counts, sft_counts = counts[2 * mb], counts[2 * mb + 1]
             groups: list[list[MicroBatch]] = [[] for _ in range(self.backend.context.num_optimizer_states)]
             if rl_rows[mb] is not None:
-                groups[0].append(self._rl_microbatch(rl, decision, rl_rows[mb], rl_counts))
+                groups[0].append(self._rl_microbatch(rl, decision, rl_rows[mb], counts[2 * mb]))
             if sft_rows[mb] is not None:
-                groups[-1].append(self._sft_microbatch(sft_rows[mb], decision.sft_coef, sft_counts))
-            # skip a minibatch only when it is empty on every rank whose counts were summed (train_step's
-            # collectives need every rank)
-            minibatches.append(groups if rl_counts.all_rows + sft_counts.all_rows > 0 else None)
+                groups[-1].append(self._sft_microbatch(sft_rows[mb], decision.sft_coef, counts[2 * mb + 1]))
+            # a minibatch is skipped only when it has no rows on any rank: train_step's collectives need every
+            # rank, so a rank with none still takes part
+            empty = total[2 * mb].all_rows + total[2 * mb + 1].all_rows == 0
+            minibatches.append(None if empty else groups)
         reports = []
         opt_step = step * p.train.ppo_epochs * nmb
         for _epoch in range(p.train.ppo_epochs):
