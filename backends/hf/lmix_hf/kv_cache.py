@@ -61,6 +61,13 @@ class KVBuffer:
             out._values[i] = torch.cat([b._values[i] for b in buffers])  # [K·B, H_kv, S_max, D]
         return out
 
+    def select_rows(self, index: Tensor) -> None:
+        """Replace the rows by ``index``'s rows (``[B']`` row numbers, repeats allowed), e.g. a prompt's keys and
+        values computed once and shared by every rollout of its group."""
+        for i in self._keys:
+            self._keys[i] = self._keys[i].index_select(0, index)  # [B', H_kv, S_max, D]
+            self._values[i] = self._values[i].index_select(0, index)  # [B', H_kv, S_max, D]
+
     def advance(self, steps: int) -> None:
         """Mark ``steps`` more positions as filled (after a forward pass over ``steps`` tokens)."""
         self.length += steps

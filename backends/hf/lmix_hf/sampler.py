@@ -23,6 +23,9 @@ Layout and conventions:
     * A row ends at its first EOS token (forced or sampled) or at the sampled token whose text completes a stop
       string; the stop string, and anything else that token decodes to, is kept. Stop strings are searched in the
       sampled text only: a forced prefix (a demonstration) that contains one is fed whole, never cut.
+    * Shared prefill (``prefill="shared"``): rows with the same prompt (a group's rollouts) share one prompt pass;
+      each distinct prompt is forwarded once per model and its keys, values and last logits are copied to its
+      rows before decoding, which gives the same tokens as a pass per row.
     * Seeding: one ``torch.Generator`` seeded with ``request.seed`` drives every draw, so the same request, seed,
       models and device give the same tokens. A row's tokens depend on the whole batch (draws are made for the
       batch at once, in row order), so the same prompt in a different batch may get a different sample.
@@ -80,13 +83,22 @@ class Sampler:
         eos_token_ids: tokens that end a response; None reads them from the policy's generation config and the
             tokenizer when sampling.
         decoder: ``fused`` (default) or ``transformers``; both give the same tokens up to float rounding.
+        prefill: ``shared`` (default) runs the prompt pass once per distinct prompt; ``per_row`` once per row.
     """
 
     def __init__(
-        self, tokenizer: Any, *, eos_token_ids: Sequence[int] | None = None, decoder: Decoder = "fused"
+        self,
+        tokenizer: Any,
+        *,
+        eos_token_ids: Sequence[int] | None = None,
+        decoder: Decoder = "fused",
+        prefill: Literal["shared", "per_row"] = "shared",
     ) -> None:
         if decoder not in ("fused", "transformers"):
             raise BackendError(f"'decoder' must be 'fused' or 'transformers' (got {decoder!r})")
+        if prefill not in ("shared", "per_row"):
+            raise BackendError(f"'prefill' must be 'shared' or 'per_row' (got {prefill!r})")
+        self.prefill = prefill
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.eos_token_ids = None if eos_token_ids is None else tuple(int(i) for i in eos_token_ids)
@@ -283,7 +295,10 @@ def _decode(
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # [B], by EOS or a stop string
     rows = torch.arange(B, device=device)  # [B]
 
-    z = [s.forward(prompt, prefill_mask, prompt_pos) for s in state]  # K+1 × [B, V]
+    if sampler.prefill == "shared":
+        z = _shared_prefill(state, request.prompt_ids, prompt, prefill_mask, prompt_pos)  # K+1 × [B, V]
+    else:
+        z = [s.forward(prompt, prefill_mask, prompt_pos) for s in state]  # K+1 × [B, V]
     groups = _groups(state, sampler.decoder, step_pos, step_mask)
     for j in range(M):
         logits = z[0] if mix is None else mix(z[0], z[1:])  # [B, V]
@@ -318,6 +333,32 @@ def _decode(
             break
         z = [logits for g in groups for logits in g.step(j, tok, P + j + 1)]  # K+1 × [B, V]
     return prompt, prompt_len, tokens, logp, ref_logp, lengths, is_forced, ended
+
+
+def _shared_prefill(
+    state: Sequence[_Model],
+    prompt_ids: Sequence[Sequence[int]],
+    prompt: Tensor,
+    mask: Tensor,
+    positions: Tensor,
+) -> list[Tensor]:
+    """Each model's prompt pass over the distinct prompts only, its keys, values and logits copied to every row.
+
+    Shapes: ``prompt``, ``positions`` ``[B, P]`` (left-padded), ``mask`` ``[B, 1, P, P]``; returns ``K+1 × [B, V]``.
+    """
+    first: dict[tuple[int, ...], int] = {}
+    row_of = [first.setdefault(tuple(p), len(first)) for p in prompt_ids]  # distinct prompt of each row
+    if len(first) == len(row_of):
+        return [s.forward(prompt, mask, positions) for s in state]
+    device = prompt.device
+    distinct = torch.tensor([row_of.index(u) for u in range(len(first))], device=device)  # [U] a row of each
+    index = torch.tensor(row_of, device=device)  # [B]
+    out = []
+    for s in state:
+        z = s.forward(prompt[distinct], mask[distinct], positions[distinct])  # [U, V]
+        s.cache.select_rows(index)  # [U, …] → [B, …]
+        out.append(z[index])  # [B, V]
+    return out
 
 
 def _draw(lp: Tensor, top_p: float, generator: torch.Generator) -> Tensor:
