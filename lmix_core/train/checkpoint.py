@@ -213,13 +213,15 @@ def _stderr(message: str) -> None:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc)
-    m = re.search(r"Unsupported global: [^\n]*", text)
+    m = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
     if m:
-        return f"it holds a pickled object ({m.group(0).strip()}), refused: loading it could run code"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    if "Weights only load failed" in first:
+        return f"it holds a pickled object ({m.group(1)}), refused: loading it could run code"
+    if "Weights only load failed" in text:
         return "it is not a file of tensors and plain values (corrupt, truncated or not written by lmix)"
-    return f"{type(exc).__name__}: {first[:200]}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied ({exc})"
+    first = text.strip().splitlines()[0][:120] if text.strip() else ""
+    return f"it is truncated or corrupt (not a complete file written by torch.save; {type(exc).__name__}: {first})"
 
 
 def read_torch(path: Path, *, map_location: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL resumes from its last checkpoint and reproduces the uninterrupted metrics exactly."""
+"""Resume from a real kill or signal reproduces the uninterrupted run; what `lmix run` does with an existing --out."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.train.helpers import write_recipe
 
 WALL_CLOCK = {"step_time_s"}
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
 
 
 def _lmix(*args: str) -> list[str]:
@@ -24,16 +27,40 @@ def _metrics(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
 
 
-def test_sigkill_then_resume_reproduces_metrics(tiny_run_inputs, tmp_path):
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {n} lines (exit {proc.poll()})")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run_inputs, tmp_path_factory):
+    """The recipe (5 steps, a checkpoint every 2) and its uninterrupted run."""
+    root = tmp_path_factory.mktemp("resume")
+    recipe = write_recipe(root / "r.toml", tiny_run_inputs, steps=5, extra_train="save_every = 2")
+    full = root / "full"
+    subprocess.run(_lmix("run", str(recipe), "--out", str(full)), check=True, env=ENV, capture_output=True)
+    return recipe, full
+
+
+def _same_as(run: Path, full: Path) -> None:
+    assert _metrics(run) == _metrics(full)
+    assert (
+        json.loads((run / "summary.json").read_text())["final_eval"]
+        == json.loads((full / "summary.json").read_text())["final_eval"]
+    )
+
+
+def test_sigkill_then_resume_reproduces_metrics(reference, tmp_path):
     """Kill mid-run after the step-2 checkpoint, resume, compare every deterministic metric step by step."""
-    recipe = write_recipe(tmp_path / "r.toml", tiny_run_inputs, steps=5, extra_train="save_every = 2")
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    full = tmp_path / "full"
-    subprocess.run(_lmix("run", str(recipe), "--out", str(full)), check=True, env=env, capture_output=True)
+    recipe, full = reference
     cut = tmp_path / "cut"
     proc = subprocess.Popen(
         _lmix("run", str(recipe), "--out", str(cut)),
-        env=env,
+        env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -45,20 +72,88 @@ def test_sigkill_then_resume_reproduces_metrics(tiny_run_inputs, tmp_path):
     proc.wait()
     assert (cut / "checkpoints" / "latest").exists()
     subprocess.run(
-        _lmix("run", str(recipe), "--out", str(cut), "--resume"), check=True, env=env, capture_output=True
+        _lmix("run", str(recipe), "--out", str(cut), "--resume"), check=True, env=ENV, capture_output=True
     )
-    assert _metrics(cut) == _metrics(full)
-    assert (
-        json.loads((cut / "summary.json").read_text())["final_eval"]
-        == json.loads((full / "summary.json").read_text())["final_eval"]
+    _same_as(cut, full)
+
+
+def test_sigint_then_sigterm_checkpoint_and_resume_exactly(reference, tmp_path):
+    """Ctrl-C (SIGINT) after the first step: the step finishes, a checkpoint is written, the command exits 130 with
+    how to resume; the resumed run is stopped by SIGTERM (exit 143) the same way; a last --resume completes the
+    run exactly like the uninterrupted one."""
+    recipe, full = reference
+    cut = tmp_path / "cut"
+    stops = []
+    for sig, extra in ((signal.SIGINT, ()), (signal.SIGTERM, ("--resume",))):
+        have = (
+            len((cut / "metrics.jsonl").read_text().splitlines()) if (cut / "metrics.jsonl").exists() else 0
+        )
+        proc = subprocess.Popen(
+            _lmix("run", str(recipe), "--out", str(cut), *extra),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_lines(cut / "metrics.jsonl", have + 1, proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 128 + sig, err
+        assert f"{sig.name} received: finishing this step, then writing a checkpoint" in err, err
+        done = len((cut / "metrics.jsonl").read_text().splitlines())
+        assert f"stopped by {sig.name} after step {done} of 5" in err and "--resume" in err, err
+        assert "Traceback" not in err, err
+        assert (cut / "checkpoints" / f"step_{done:06d}" / "trainer.pt").is_file()
+        assert (cut / "checkpoints" / "latest").read_text().strip() == f"step_{done:06d}"
+        assert not (cut / "summary.json").exists()
+        stops.append(done)
+    assert stops[0] < stops[1] < 5, stops
+    subprocess.run(
+        _lmix("run", str(recipe), "--out", str(cut), "--resume"), check=True, env=ENV, capture_output=True
     )
+    _same_as(cut, full)
+
+
+def test_existing_run_directories(reference, tmp_path):
+    """Without a flag an existing run is refused (exit 2); --resume of a finished run changes nothing; --resume
+    without a checkpoint is refused (exit 2); --resume-if-possible starts there instead; all without a traceback."""
+    recipe, full = reference
+    before = {p: p.stat().st_mtime_ns for p in full.rglob("*")}
+    res = subprocess.run(
+        _lmix("run", str(recipe), "--out", str(full)), capture_output=True, text=True, env=ENV
+    )
+    assert res.returncode == 2 and "already holds a run" in res.stderr and "--overwrite" in res.stderr
+    res = subprocess.run(
+        _lmix("run", str(recipe), "--out", str(full), "--resume"), capture_output=True, text=True, env=ENV
+    )
+    assert res.returncode == 0, res.stderr
+    assert "is already complete (step 5 of 5); nothing to do" in res.stdout
+    assert {p: p.stat().st_mtime_ns for p in full.rglob("*")} == before  # nothing rewritten
+
+    partial = tmp_path / "partial"  # a run stopped before its first checkpoint
+    partial.mkdir()
+    (partial / "metrics.jsonl").write_text('{"step": 0}\n')
+    res = subprocess.run(
+        _lmix("run", str(recipe), "--out", str(partial), "--resume"), capture_output=True, text=True, env=ENV
+    )
+    assert res.returncode == 2 and "no checkpoint to resume from" in res.stderr, res.stderr
+    assert "--resume-if-possible" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run(
+        _lmix("run", str(recipe), "--out", str(partial), "--resume-if-possible", "train.steps=1"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert res.returncode == 0, res.stderr
+    assert [m["step"] for m in _metrics(partial)] == [0] and (partial / "summary.json").exists()
+    assert _metrics(partial)[0] == _metrics(full)[0]
 
 
 def test_resume_without_a_run_directory_is_a_clear_error(tiny_run_inputs, tmp_path):
-    """--resume on a directory that does not exist exits non-zero with a message, not a traceback."""
+    """--resume on a directory that does not exist exits 2 with a message, not a traceback."""
     recipe = write_recipe(tmp_path / "r.toml", tiny_run_inputs)
     res = subprocess.run(
         _lmix("run", str(recipe), "--out", str(tmp_path / "nope"), "--resume"), capture_output=True, text=True
     )
-    assert res.returncode != 0
+    assert res.returncode == 2
     assert "does not exist" in res.stderr and "Traceback" not in res.stderr

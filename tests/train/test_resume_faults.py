@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lmix_core.errors import CheckpointError
 from lmix_core.recipe import load_recipe
 from lmix_core.train import checkpoint
 from lmix_core.train.loop import Trainer
@@ -121,3 +122,113 @@ def test_resaving_the_step_latest_names_is_safe_at_every_operation(reference, tm
         assert found is not None and found.name.removesuffix(".old") == "step_000003", (n, ops[n - 1])
         assert _files(found) == before, (n, ops[n - 1])
         assert Trainer(parts, run).restore() == 3
+
+
+class _Payload:
+    """Unpickling this would create a directory: the proof that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+def _tampered(ref: Path, dest: Path) -> Path:
+    shutil.copytree(ref, dest)
+    return dest / "checkpoints" / "step_000004"
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "message"),
+    [
+        ("trainer.pt", "pickle", "holds a pickled object (posix.mkdir), refused"),
+        ("trainer.pt", "truncate", "it is truncated or corrupt"),
+        ("trainer.pt", "wrong", "'nonfinite' must be a int (got str)"),
+        ("backend/model.pt", "truncate", "it is truncated or corrupt"),
+        ("backend/model.pt", "wrong", "cannot restore"),
+        ("backend/optimizer_0.pt", "pickle", "holds a pickled object"),
+        ("backend/optimizer_0.pt", "wrong", "cannot restore"),
+        ("backend/optimizer_0.pt", "delete", "the file is missing"),
+        ("backend/rng_rank0.pt", "wrong", "cannot restore"),
+        ("backend/backend.json", "truncate", "JSONDecodeError"),
+    ],
+)
+def test_a_damaged_checkpoint_file_is_refused_naming_it(reference, tmp_path, file, damage, message):
+    """Every file a resume reads: a pickled object is refused without running it, a corrupt or foreign one gives
+    one CheckpointError that names the file."""
+    import torch
+
+    from lmix_core.errors import CheckpointError
+
+    parts, ref = reference
+    ckpt = _tampered(ref, tmp_path / "run")
+    path = ckpt / file
+    marker = tmp_path / "payload-ran"
+    if damage == "pickle":
+        torch.save({"step": 4, "x": _Payload(marker)}, path)
+    elif damage == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        path.unlink()
+    elif file == "trainer.pt":
+        state = torch.load(path, weights_only=True)
+        torch.save({**state, "nonfinite": "0"}, path)
+    else:
+        torch.save({"cpu": torch.zeros(3)} if "rng" in file else {"not": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError) as info:
+        Trainer(parts, tmp_path / "run").restore()
+    text = str(info.value)
+    assert str(path) in text and message in text, text
+    assert len(text.splitlines()) <= 3 and len(text) < 600, text
+    assert not marker.exists()
+
+
+def test_cli_resume_of_a_pickled_trainer_state_is_a_one_screen_error(reference, tmp_path, capsys):
+    """`lmix run --resume` over a crafted trainer.pt: exit 1, the file named, no traceback, the payload not run."""
+    import torch
+
+    from lmix_core.cli import main
+
+    parts, ref = reference
+    ckpt = _tampered(ref, tmp_path / "run")
+    (ckpt.parent.parent / "metrics.jsonl").write_text("")
+    marker = tmp_path / "payload-ran"
+    torch.save({"step": 4, "x": _Payload(marker)}, ckpt / "trainer.pt")
+    recipe = ref.parent / "r.toml"
+    status = main(["run", str(recipe), "--out", str(tmp_path / "run"), "--resume", "train.steps=5"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"lmix run: error: cannot read '{ckpt / 'trainer.pt'}': it holds a pickled object" in err, err
+    assert "Traceback" not in err and not marker.exists()
+
+
+def test_state_that_would_need_unpickling_is_refused_when_saved(tmp_path):
+    """A mixer whose state_dict holds an arbitrary object fails at the save, not at the resume."""
+    from lmix_core.errors import CheckpointError
+
+    (tmp_path / "checkpoints" / "step_000001.tmp" / "backend").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"trainer state\['mixer'\]\['buffer'\] is a pathlib"):
+        checkpoint.commit(tmp_path, 1, {"step": 1, "mixer": {"buffer": tmp_path}}, keep=2)
+    assert checkpoint.latest(tmp_path) is None
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint_and_never_restarts_silently(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name in ("step_000002", "step_000004", "step_000006.tmp"):
+        (root / name).mkdir(parents=True)
+        if not name.endswith(".tmp"):
+            (root / name / "trainer.pt").write_bytes(b"")
+    (root / "latest").write_text("step_000006\n")  # named, never completed
+    warnings = []
+    assert checkpoint.latest(tmp_path, warn=warnings.append) == root / "step_000004"
+    assert "'step_000006', which is not a complete checkpoint" in warnings[0]
+    for name in ("step_000002", "step_000004"):
+        shutil.rmtree(root / name)
+    with pytest.raises(CheckpointError, match="holds no other complete checkpoint"):
+        checkpoint.latest(tmp_path)
+    (root / "latest").unlink()
+    assert checkpoint.latest(tmp_path) is None
