@@ -29,7 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("lmix_core.shipped_recipes", "recipes_command"),
     "eval": ("lmix_core.evaluation", "eval_command"),
     "plot": ("lmix_core.plotting", "plot_command"),
-    "convert": ("lmix_megatron.convert", "convert_command"),
 }
 
 
@@ -270,6 +269,30 @@ def run_command(args: argparse.Namespace) -> int:
     return fn(args)
 
 
+def convert_command(args: argparse.Namespace) -> int:
+    """``lmix convert``: the named backend's :meth:`~lmix_core.interfaces.backend.TrainerBackend.convert`."""
+    from lmix_core.registries import backends
+
+    name = args.source if args.to == "hf" else args.to
+    if name is None:  # --to hf without --from: the one installed backend that has a format of its own
+        owners = [n for n in backends.names() if backends.check(n) is None and backends.get(n).native_format]
+        if len(owners) != 1:
+            raise UsageError(
+                "--to hf: name the backend whose format SRC is in with --from BACKEND (backends with a format of "
+                f"their own: {', '.join(owners) or 'none installed'})"
+            )
+        name = owners[0]
+    if name not in backends:
+        option = "--from" if args.to == "hf" else "--to"
+        raise UsageError(f"{option}: " + backends.unknown_message(name).replace("\n", "\n  "))
+    cls = backends.get(name)
+    if cls.native_format is None:
+        raise UsageError(
+            f"backend {name!r} trains Hugging Face checkpoints directly: it has no format to convert to or from"
+        )
+    return cls.convert(Path(args.src), Path(args.dst), to_native=args.to != "hf", tp=args.tp, pp=args.pp)
+
+
 def _under_torchrun() -> bool:
     """True in a worker process started by ``torchrun`` (torch.distributed.run)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "TORCHELASTIC_ERROR_FILE" in os.environ
@@ -419,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rewards", metavar="NAMES", help="comma-separated reward names (default: the run's, or math)"
     )
+    p.add_argument(
+        "--backend",
+        metavar="NAME",
+        help="backend that loads a bare model directory (default: hf); a run keeps its recipe's",
+    )
     p.add_argument("--samples", type=int, metavar="K", help="completions per question (pass@1 and pass@K)")
     p.add_argument(
         "--deploy", choices=("auto", "combined", "policy"), default="auto", help="distribution to sample"
@@ -460,15 +488,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_dispatch("plot"))
 
-    p = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Megatron formats")
-    p.add_argument("--to", required=True, choices=("megatron", "hf"), help="target format")
+    p = sub.add_parser(
+        "convert",
+        help="convert checkpoints between Hugging Face format and a backend's own (e.g. megatron)",
+        description="Convert a model between Hugging Face format and the format of a registered backend that has "
+        "one of its own: --to BACKEND writes it, --to hf reads it back. The backend's entry point does the work.",
+    )
+    p.add_argument(
+        "--to", required=True, metavar="{hf,BACKEND}", help="target: hf, or a backend name (e.g. megatron)"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="BACKEND",
+        help="with --to hf: the backend whose format SRC is in (default: the one installed backend that has one)",
+    )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the Megatron side (default: 1)")
     p.add_argument(
         "--pp", type=int, default=1, help="pipeline-parallel size of the Megatron side (default: 1)"
     )
-    p.set_defaults(handler=_dispatch("convert"))
+    p.set_defaults(handler=convert_command)
     return parser
 
 

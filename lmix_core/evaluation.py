@@ -186,10 +186,10 @@ DATA_OPTIONS: Mapping[str, str] = {
 
 def eval_command(args: Any) -> int:
     """``lmix eval MODEL_OR_RUN [--data FILE] [--recipe RECIPE] [data options] [--rewards a,b] [--samples K]
-    [--deploy D] [--out FILE] [--completions FILE] [KEY=VALUE ...]``.
+    [--deploy D] [--out FILE] [--completions FILE] [--backend NAME] [KEY=VALUE ...]``.
 
     A run directory (it holds ``recipe.toml`` and ``model/``) is evaluated with its own recipe's rewards,
-    references, data settings and prompt format; a bare model directory with the ``hf`` backend, ``--rewards``
+    references, data settings and prompt format; a bare model directory with ``--backend`` (default ``hf``), ``--rewards``
     (default ``math``) and default data settings; ``--recipe`` replaces either recipe. ``--data`` replaces the
     held-out file, and the data options (``--adapter``, ``--prompt-column``, ``--prompt-template``, ...) replace
     the ``[data]`` fields of the same names (``--limit`` is ``eval_limit``). The data is read and checked before
@@ -224,7 +224,7 @@ def eval_command(args: Any) -> int:
     else:
         if data_file is None:
             raise LmixError("a bare model directory needs --data FILE (the held-out questions), or --recipe")
-        bare = _bare_recipe(target, args.rewards or "math", data_file)
+        bare = _bare_recipe(target, args.rewards or "math", data_file, getattr(args, "backend", None) or "hf")
         recipe = recipe_from_mapping(bare, tuple(overrides), source=f"lmix eval {target}")
 
     changes = {
@@ -282,10 +282,18 @@ def eval_command(args: Any) -> int:
     return 0
 
 
-def _bare_recipe(model: Path, rewards: str, data_file: str) -> dict[str, Any]:
-    """The recipe (a mapping) for evaluating a bare model directory: the ``hf`` backend, the named rewards, the data."""
+def _bare_recipe(model: Path, rewards: str, data_file: str, backend: str = "hf") -> dict[str, Any]:
+    """The recipe (a mapping) for evaluating a bare model directory: the backend (its declared model field set to
+    ``model``), the named rewards, the data."""
     from lmix_core.errors import LmixError
     from lmix_core.registries import REGISTRIES
+
+    if backend not in REGISTRIES["backend"]:
+        raise LmixError(
+            f"--backend: no backend named {backend!r}\n  "
+            + REGISTRIES["backend"].suggest(backend).replace("\n", "\n  ")
+        )
+    model_field = REGISTRIES["backend"].get(backend).model_field
 
     names = [n.strip() for n in rewards.split(",") if n.strip()]
     registry = REGISTRIES["reward"]
@@ -296,7 +304,7 @@ def _bare_recipe(model: Path, rewards: str, data_file: str) -> dict[str, Any]:
             )
     return {
         "schema": 1,
-        "backend": {"type": "hf", "model": str(model.resolve())},
+        "backend": {"type": backend, model_field: str(model.resolve())},
         "rewards": [{"type": name} for name in names],
         "train": {"steps": 1},
         "data": {"train": data_file, "eval": data_file},

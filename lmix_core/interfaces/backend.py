@@ -5,13 +5,13 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.errors import BackendError
+from lmix_core.errors import BackendError, UsageError
 from lmix_core.interfaces.base import Component
 from lmix_core.interfaces.combiner import PolicyCombiner
 from lmix_core.interfaces.rollout_engine import EngineFactory, default_engine
@@ -60,6 +60,21 @@ class BackendContext:
     rollout_engine: EngineFactory = default_engine
 
 
+@attrs.frozen(kw_only=True)
+class BackendModels:
+    """The models a backend Config names: what the core reads and replaces (``lmix eval``, evaluation of a saved
+    model), through :meth:`TrainerBackend.models` and :meth:`TrainerBackend.with_models`.
+
+    Attributes:
+        policy: the policy's model directory (or hub id).
+        references: the frozen references' directories, in order (may be fewer than the run needs; the backend
+            fills in the policy's initial model).
+    """
+
+    policy: str
+    references: tuple[str, ...] = ()
+
+
 class TrainerBackend(Component):
     """Models, references, optimisers, sampling and checkpoints, behind one uniform API.
 
@@ -74,9 +89,47 @@ class TrainerBackend(Component):
     and loaded reproduces the next step exactly.
     """
 
+    #: The Config fields that name the policy's model and the references (read by the default :meth:`models` and
+    #: :meth:`with_models`, and by ``lmix eval`` to point a bare model directory at the backend).
+    model_field: ClassVar[str] = "model"
+    references_field: ClassVar[str] = "references"
+    #: The name of the backend's own checkpoint format, which ``lmix convert --to <backend>`` writes from a
+    #: Hugging Face directory (:meth:`convert`); None for a backend that trains Hugging Face checkpoints directly.
+    native_format: ClassVar[str | None] = None
+
     def __init__(self, config: Any, context: BackendContext) -> None:
         super().__init__(config)
         self.context = context
+
+    # -- what the core reads from a Config ---------------------------------------------------------------------
+    @classmethod
+    def models(cls, config: Any) -> BackendModels:
+        """The policy and references ``config`` names."""
+        return BackendModels(
+            policy=str(getattr(config, cls.model_field)),
+            references=tuple(str(r) for r in getattr(config, cls.references_field)),
+        )
+
+    @classmethod
+    def with_models(cls, config: Any, *, policy: str, references: Sequence[str]) -> Any:
+        """``config`` with another policy model and references (evaluating a saved model under a run's recipe)."""
+        return attrs.evolve(config, **{cls.model_field: policy, cls.references_field: tuple(references)})
+
+    @classmethod
+    def convert(cls, src: Path, dst: Path, /, *, to_native: bool, tp: int = 1, pp: int = 1) -> int:
+        """``lmix convert``: write the model in ``src`` to ``dst`` in the backend's :attr:`native_format`
+        (``to_native``) or back in Hugging Face format; returns the command's exit status.
+
+        Args:
+            tp, pp: tensor- and pipeline-parallel sizes of the native side, for backends that shard their format.
+
+        Raises:
+            UsageError: the backend has no format of its own (the default).
+        """
+        raise UsageError(
+            f"{cls.__name__} trains Hugging Face checkpoints directly: there is nothing to convert "
+            "(`lmix convert --to BACKEND` takes a backend that has a checkpoint format of its own)"
+        )
 
     # -- process topology ------------------------------------------------------------------------------------
     @property

@@ -296,10 +296,11 @@ def evaluate_saved(
 
     from lmix_core.data.checks import RecipeData
 
-    cfg = recipe.backend.config
-    refs = tuple(cfg.references) or (cfg.model,)
+    cls, cfg = recipe.backend.cls, recipe.backend.config
+    models = cls.models(cfg)  # what the backend's Config names, as its class declares
+    refs = models.references or (models.policy,)
     backend_spec = attrs.evolve(
-        recipe.backend, config=attrs.evolve(cfg, model=str(model_dir), references=refs)
+        recipe.backend, config=cls.with_models(cfg, policy=str(model_dir), references=refs)
     )
     recipe = attrs.evolve(recipe, backend=backend_spec)
     data = None if examples is None else RecipeData(train=list(examples), eval=list(examples))

@@ -117,6 +117,13 @@ class ToyBackend(TrainerBackend):
         dtype: Literal["float32", "bfloat16"] = "float32"
         cache_dir: Path | None = None
 
+    native_format = "toy"
+
+    @classmethod
+    def convert(cls, src, dst, /, *, to_native, tp=1, pp=1):
+        print(f"toy convert {src} {dst} to_native={to_native} tp={tp} pp={pp}")
+        return 0
+
     @property
     def tokenizer(self):
         return None

@@ -319,7 +319,7 @@ def command_module(tmp_path, monkeypatch):
 def test_dispatch_passes_parsed_options(command_module, monkeypatch):
     """Each delegated subcommand gets its documented options; overrides may come before or after options."""
     monkeypatch.setitem(cli.COMMANDS, "run", ("lmt_cli_cmd", "go"))
-    for name in ("demo", "eval", "plot", "convert"):
+    for name in ("demo", "eval", "plot"):
         monkeypatch.setitem(cli.COMMANDS, name, ("lmt_cli_cmd", "go"))
     import lmt_cli_cmd
 
@@ -343,9 +343,25 @@ def test_dispatch_passes_parsed_options(command_module, monkeypatch):
     )
     assert cli.main(["plot", "a", "b", "--out", "p.png"]) == 0
     assert (lmt_cli_cmd.seen[-1].run_dirs, lmt_cli_cmd.seen[-1].out) == (["a", "b"], "p.png")
-    assert cli.main(["convert", "--to", "megatron", "src", "dst", "--tp", "2"]) == 0
-    conv = lmt_cli_cmd.seen[-1]
-    assert (conv.to, conv.src, conv.dst, conv.tp, conv.pp) == ("megatron", "src", "dst", 2, 1)
+
+
+def test_convert_goes_through_the_backends_entry_point(registries, monkeypatch, capsys):
+    """``lmix convert`` calls the registered backend's ``convert`` (``--to BACKEND`` or ``--to hf --from BACKEND``,
+    the one backend with a format of its own by default); unknown names and format-less backends are usage errors."""
+    import lmix_core.registries
+
+    monkeypatch.setattr(lmix_core.registries, "backends", registries["backend"])
+    assert cli.main(["convert", "--to", "toy", "src", "dst", "--tp", "2"]) == 0
+    assert capsys.readouterr().out == "toy convert src dst to_native=True tp=2 pp=1\n"
+    assert cli.main(["convert", "--to", "hf", "a", "b", "--pp", "3"]) == 0
+    assert capsys.readouterr().out == "toy convert a b to_native=False tp=1 pp=3\n"
+    assert cli.main(["convert", "--to", "hf", "--from", "toy", "a", "b"]) == 0
+    assert cli.main(["convert", "--to", "tyo", "a", "b"]) == 2
+    assert "--to: no backend named 'tyo'" in capsys.readouterr().err
+    real = lmix_core.registries.REGISTRIES["backend"]
+    monkeypatch.setattr(lmix_core.registries, "backends", real)
+    assert cli.main(["convert", "--to", "hf", "--from", "hf", "a", "b"]) == 2
+    assert "trains Hugging Face checkpoints directly" in capsys.readouterr().err
 
 
 def test_missing_implementation_is_not_available_yet(command_module, monkeypatch, capsys):

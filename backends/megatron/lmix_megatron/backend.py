@@ -152,6 +152,17 @@ class MegatronBackend(TrainerBackend):
             if self.sequence_parallel and self.tp == 1:
                 raise ConfigError("'sequence_parallel' needs tp > 1 (got tp=1)")
 
+    native_format = "megatron"
+
+    @classmethod
+    def convert(cls, src: Path, dst: Path, /, *, to_native: bool, tp: int = 1, pp: int = 1) -> int:
+        """``lmix convert --to megatron`` (HF → megatron ``dist_checkpointing``, sharded ``tp × pp``) or ``--to hf``
+        (back); relaunches itself under torchrun when ``tp·pp > 1`` (:func:`lmix_megatron.convert.main`)."""
+        from lmix_megatron.convert import main
+
+        direction = "hf2mcore" if to_native else "mcore2hf"
+        return main([direction, str(src), str(dst), "--tp", str(tp), "--pp", str(pp)])
+
     def __init__(self, config: Config, context: BackendContext) -> None:
         super().__init__(config, context)
         if context.num_optimizer_states not in (1, 2):

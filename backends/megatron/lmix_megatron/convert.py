@@ -18,10 +18,11 @@ On-disk Megatron format written by :func:`convert` (and by the backend's checkpo
 ``megatron.core.dist_checkpointing`` checkpoint (global shapes, so it loads at any TP/PP) and ``DIR/hf/`` the HF
 config, generation config and tokenizer files.
 
-Command line (``lmix convert`` calls :func:`convert_command`; ``main(argv)`` is the module's own)::
+Command line (``lmix convert`` reaches :func:`main` through ``MegatronBackend.convert``, the backend's registered
+entry point)::
 
     lmix convert --to megatron SRC_HF_DIR DST_DIR [--tp 2 --pp 2]
-    lmix convert --to hf SRC_DIR DST_HF_DIR
+    lmix convert --to hf --from megatron SRC_DIR DST_HF_DIR
     python -m lmix_megatron.convert {hf2mcore,mcore2hf} SRC DST [--tp N --pp M]
 
 Without ``torchrun``, a conversion at ``tp·pp > 1`` relaunches itself under ``torchrun --nproc_per_node tp·pp``.
@@ -52,7 +53,6 @@ __all__ = [
     "convert",
     "export_hf_state_dict",
     "load_hf_weights",
-    "convert_command",
     "main",
     "read_hf_config",
     "write_hf_dir",
@@ -539,12 +539,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lmix convert: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def convert_command(args: argparse.Namespace) -> int:
-    """Handler of ``lmix convert --to {megatron,hf} SRC DST [--tp N --pp M]`` (the CLI's parsed arguments)."""
-    direction = "hf2mcore" if args.to == "megatron" else "mcore2hf"
-    return main([direction, str(args.src), str(args.dst), "--tp", str(args.tp), "--pp", str(args.pp)])
 
 
 if __name__ == "__main__":
