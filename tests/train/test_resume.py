@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,39 +115,42 @@ def test_sigint_then_sigterm_checkpoint_and_resume_exactly(reference, tmp_path):
     _same_as(cut, full)
 
 
-def test_existing_run_directories(reference, tmp_path):
-    """Without a flag an existing run is refused (exit 2); --resume of a finished run changes nothing; --resume
-    without a checkpoint is refused (exit 2); --resume-if-possible starts there instead; all without a traceback."""
+def test_existing_run_directories(reference, tmp_path, capsys):
+    """Without a flag an existing run is refused (exit 2); --resume of a finished run changes nothing (exit 0);
+    --resume without a checkpoint is refused (exit 2); --resume-if-possible starts there instead; --overwrite
+    deletes the run files only. All decided before any model loads, without a traceback."""
+    from lmix_core.cli import main
+    from lmix_core.errors import RunDirectoryError
+    from lmix_core.train.run import plan_start
+
     recipe, full = reference
     before = {p: p.stat().st_mtime_ns for p in full.rglob("*")}
-    res = subprocess.run(
-        _lmix("run", str(recipe), "--out", str(full)), capture_output=True, text=True, env=ENV
-    )
-    assert res.returncode == 2 and "already holds a run" in res.stderr and "--overwrite" in res.stderr
-    res = subprocess.run(
-        _lmix("run", str(recipe), "--out", str(full), "--resume"), capture_output=True, text=True, env=ENV
-    )
-    assert res.returncode == 0, res.stderr
-    assert "is already complete (step 5 of 5); nothing to do" in res.stdout
+    assert main(["run", str(recipe), "--out", str(full)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err, err
+    assert main(["run", str(recipe), "--out", str(full), "--resume"]) == 0
+    assert f"lmix run: '{full}' is already complete (step 5 of 5); nothing to do" in capsys.readouterr().out
+    assert main(["run", str(recipe), "--out", str(full), "--resume", "train.steps=3"]) == 2
+    assert "finished at step 5; train.steps = 3 cannot shorten it" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in full.rglob("*")} == before  # nothing rewritten
 
     partial = tmp_path / "partial"  # a run stopped before its first checkpoint
     partial.mkdir()
     (partial / "metrics.jsonl").write_text('{"step": 0}\n')
-    res = subprocess.run(
-        _lmix("run", str(recipe), "--out", str(partial), "--resume"), capture_output=True, text=True, env=ENV
-    )
-    assert res.returncode == 2 and "no checkpoint to resume from" in res.stderr, res.stderr
-    assert "--resume-if-possible" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run(
-        _lmix("run", str(recipe), "--out", str(partial), "--resume-if-possible", "train.steps=1"),
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
-    assert res.returncode == 0, res.stderr
-    assert [m["step"] for m in _metrics(partial)] == [0] and (partial / "summary.json").exists()
-    assert _metrics(partial)[0] == _metrics(full)[0]
+    (partial / "notes.txt").write_text("mine")
+    assert main(["run", str(recipe), "--out", str(partial), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run (metrics.jsonl) but no checkpoint to resume from" in err, err
+    assert "--resume-if-possible" in err and "Traceback" not in err
+    with pytest.raises(RunDirectoryError):
+        plan_start(partial, "new", 5)
+    assert plan_start(partial, "resume_if_possible", 5) == ("start", None)
+    assert sorted(p.name for p in partial.iterdir()) == ["notes.txt"]  # the run's files only
+    assert plan_start(partial, "new", 5) == ("start", None)
+    assert plan_start(full, "resume_if_possible", 5)[0] == "complete"
+    copy = tmp_path / "copy"
+    shutil.copytree(full, copy)
+    assert plan_start(copy, "overwrite", 5) == ("start", None) and list(copy.iterdir()) == []
 
 
 def test_resume_without_a_run_directory_is_a_clear_error(tiny_run_inputs, tmp_path):
