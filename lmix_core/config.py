@@ -217,7 +217,16 @@ def describe_fields(cls: type) -> list[tuple[str, str, str]]:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from the Google-style ``Attributes:`` section of ``cls``'s docstring (may be empty)."""
+    """Field descriptions from the Google-style ``Attributes:`` sections of ``cls``'s docstring and of the classes
+    it inherits fields from (``class Config(BackendSettings)``); may be empty."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and "__doc__" in vars(klass):
+            out.update(_own_field_docs(klass))
+    return out
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     doc = inspect.getdoc(cls) or ""
     out: dict[str, str] = {}
     in_section = False

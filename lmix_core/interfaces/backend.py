@@ -96,10 +96,35 @@ class TrainerBackend(Component):
     #: The name of the backend's own checkpoint format, which ``lmix convert --to <backend>`` writes from a
     #: Hugging Face directory (:meth:`convert`); None for a backend that trains Hugging Face checkpoints directly.
     native_format: ClassVar[str | None] = None
+    #: How many optimiser states the backend can keep (``BackendContext.num_optimizer_states``, e.g. 2 for a mixer
+    #: that averages the updates of two).
+    max_optimizer_states: ClassVar[int] = 1
 
     def __init__(self, config: Any, context: BackendContext) -> None:
+        """Keep ``config`` and ``context``, after the checks every backend needs.
+
+        Raises:
+            BackendError: the context asks for more optimiser states than :attr:`max_optimizer_states`, gives
+                ``update_weights`` of another length, or the combiner mixes more references than it asks to load.
+        """
         super().__init__(config)
         self.context = context
+        name = type(self).__name__
+        if not 1 <= context.num_optimizer_states <= self.max_optimizer_states:
+            raise BackendError(
+                f"{name} keeps 1 to {self.max_optimizer_states} optimiser state(s) (asked for "
+                f"{context.num_optimizer_states})"
+            )
+        if len(context.update_weights) != context.num_optimizer_states:
+            raise BackendError(
+                f"context.update_weights has {len(context.update_weights)} weights for "
+                f"{context.num_optimizer_states} optimiser state(s)"
+            )
+        if context.combiner.num_references > context.num_references:
+            raise BackendError(
+                f"the combiner mixes {context.combiner.num_references} reference(s) but the context asks the backend "
+                f"to load only {context.num_references}"
+            )
 
     # -- what the core reads from a Config ---------------------------------------------------------------------
     @classmethod

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from lmix_core.errors import LmixError, RecipeError
+from lmix_core.errors import BackendError, LmixError, RecipeError
+from lmix_core.interfaces.backend import BackendContext
 from lmix_core.recipe import (
     ComponentSpec,
     OverrideError,
@@ -135,7 +136,10 @@ def test_build_instantiates_components_and_guards_the_backend(registries, tmp_pa
         recipe.backend.build()
     with pytest.raises(LmixError, match="takes no context"):
         recipe.combiner.build(object())
-    assert recipe.backend.build(context="ctx").context == "ctx"
+    context = BackendContext(combiner=combiner, num_references=1)
+    assert recipe.backend.build(context=context).context is context
+    with pytest.raises(BackendError, match="mixes 1 reference"):  # TrainerBackend.__init__ checks the context
+        recipe.backend.build(context=BackendContext(combiner=combiner))
 
 
 def test_resolved_round_trips_through_toml(registries, tmp_path):

@@ -12,7 +12,8 @@ import attrs
 import torch
 from attrs import validators as v
 
-from lmix_core.errors import BackendError, ConfigError
+from lmix_core.backend_settings import BackendSettings
+from lmix_core.errors import BackendError
 from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
 from lmix_core.interfaces.rollout_engine import EngineContext, SharedModels
 from lmix_core.ops.update_average import step_averaged
@@ -23,11 +24,6 @@ from lmix_hf.lr_schedule import lr_at
 from lmix_hf.micro_batches import split_rows
 from lmix_hf.sampler import Sample
 from lmix_hf.token_stats import token_stats
-
-
-def _betas(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
-    if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
-        raise ValueError(f"'{attribute.name}' must be two numbers in [0, 1) (got {value!r})")
 
 
 @final
@@ -61,29 +57,15 @@ class HFBackend(TrainerBackend):
     """
 
     @attrs.frozen(kw_only=True)
-    class Config:
-        """HF backend parameters.
+    class Config(BackendSettings):
+        """HF backend parameters (besides the settings every backend shares: :class:`~lmix_core.backend_settings.BackendSettings`).
 
         Attributes:
             model: local Hugging Face causal-LM directory of the policy (with its tokenizer).
             references: frozen reference model directories; missing ones default to ``model``.
             dtype: parameter dtype, ``float32`` or ``bfloat16``.
             device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-            lr: peak learning rate.
-            weight_decay: AdamW decoupled weight decay (matrices only).
-            betas: AdamW ``(β1, β2)``.
-            adam_eps: AdamW ε.
-            grad_clip: max global gradient norm per optimiser state; 0 disables clipping.
-            lr_schedule: decay after warm-up: ``constant``, ``cosine`` or ``linear``.
-            warmup_steps: linear warm-up, in optimiser steps (``train.ppo_epochs × train.minibatches`` per loop
-                step).
-            total_steps: optimiser steps the decay spans (required by ``cosine`` and ``linear``); for a run,
-                ``train.steps × train.ppo_epochs × train.minibatches``.
-            min_lr_ratio: final learning rate as a fraction of ``lr``.
-            micro_batch_size: rows per forward/backward pass.
-            gradient_checkpointing: recompute decoder activations in backward to save memory.
             attn_implementation: ``sdpa`` or ``eager``.
-            logprob_chunk_size: tokens per chunk of ``[chunk, V]`` logits; 0 picks it from the vocabulary size.
             distributed_timeout_s: collective timeout under torchrun.
         """
 
@@ -95,48 +77,15 @@ class HFBackend(TrainerBackend):
         device: Literal["auto", "cpu", "cuda"] = attrs.field(
             default="auto", validator=v.in_(("auto", "cpu", "cuda"))
         )
-        lr: float = attrs.field(default=1e-5, validator=v.gt(0.0))
-        weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
-        betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
-        adam_eps: float = attrs.field(default=1e-8, validator=v.gt(0.0))
-        grad_clip: float = attrs.field(default=1.0, validator=v.ge(0.0))
-        lr_schedule: Literal["constant", "cosine", "linear"] = attrs.field(
-            default="constant", validator=v.in_(("constant", "cosine", "linear"))
-        )
-        warmup_steps: int = attrs.field(default=0, validator=v.ge(0))
-        total_steps: int = attrs.field(default=0, validator=v.ge(0))
-        min_lr_ratio: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)])
-        micro_batch_size: int = attrs.field(default=8, validator=v.ge(1))
-        gradient_checkpointing: bool = False
         attn_implementation: Literal["sdpa", "eager"] = attrs.field(
             default="sdpa", validator=v.in_(("sdpa", "eager"))
         )
-        logprob_chunk_size: int = attrs.field(default=0, validator=v.ge(0))
         distributed_timeout_s: float = attrs.field(default=1800.0, validator=v.gt(0.0))
 
-        def __attrs_post_init__(self) -> None:
-            if self.lr_schedule != "constant" and self.total_steps <= self.warmup_steps:
-                raise ConfigError(
-                    f"'total_steps' must exceed 'warmup_steps' ({self.warmup_steps}) for lr_schedule "
-                    f"{self.lr_schedule!r} (got {self.total_steps})"
-                )
+    max_optimizer_states = 2
 
     def __init__(self, config: Config, context: BackendContext) -> None:
-        super().__init__(config, context)
-        if context.num_optimizer_states not in (1, 2):
-            raise BackendError(
-                f"the HF backend keeps 1 or 2 optimiser states (asked for {context.num_optimizer_states})"
-            )
-        if len(context.update_weights) != context.num_optimizer_states:
-            raise BackendError(
-                f"context.update_weights has {len(context.update_weights)} weights for "
-                f"{context.num_optimizer_states} optimiser state(s)"
-            )
-        if context.combiner.num_references > context.num_references:
-            raise BackendError(
-                f"the combiner mixes {context.combiner.num_references} reference(s) but the context asks the backend "
-                f"to load only {context.num_references}"
-            )
+        super().__init__(config, context)  # checks the context (TrainerBackend.__init__)
         if not config.model:
             raise BackendError(
                 "backend.model is not set; build a model with `lmix demo` or point backend.model at a local Hugging "
@@ -157,7 +106,7 @@ class HFBackend(TrainerBackend):
             policy_dir, dtype=config.dtype, attn_implementation=config.attn_implementation, device=device
         )
         self._policy.eval()
-        if config.gradient_checkpointing:
+        if config.recompute == "full":
             self._policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._references = []
         for k, ref_dir in enumerate(ref_dirs):

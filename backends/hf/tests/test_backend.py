@@ -297,8 +297,8 @@ def test_wrong_number_of_groups_fails(model_dirs, tokenizer):
 def test_gradient_checkpointing_gives_the_same_step(model_dirs, tokenizer):
     """Recomputing activations in backward changes memory, not the result."""
     out = []
-    for gc in (False, True):
-        backend = make_backend(model_dirs["policy"], lr=1e-2, gradient_checkpointing=gc, adam_eps=1.0)
+    for recompute in ("none", "full"):
+        backend = make_backend(model_dirs["policy"], lr=1e-2, recompute=recompute, adam_eps=1.0)
         gen = rollouts(backend, tokenizer)
         backend.train_step([[micro_batch(gen.tokens)]], WeightedNLL(), step=0)
         out.append(params(backend.policy))

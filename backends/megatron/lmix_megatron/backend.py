@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from attrs import validators as v
 from torch import Tensor
 
+from lmix_core.backend_settings import BackendSettings
 from lmix_core.errors import BackendError, ConfigError
 from lmix_core.interfaces.backend import BackendContext, Objective, TrainerBackend
 from lmix_core.interfaces.rollout_engine import EngineContext
@@ -25,11 +26,6 @@ from lmix_megatron.batching import Packed
 from lmix_megatron.model import DTYPES, Arch, hidden_states_output
 
 __all__ = ["MegatronBackend"]
-
-
-def _betas(instance: Any, attribute: Any, value: tuple[float, float]) -> None:
-    if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
-        raise ValueError(f"'{attribute.name}' must be two numbers in [0, 1) (got {value!r})")
 
 
 @final
@@ -72,8 +68,11 @@ class MegatronBackend(TrainerBackend):
     """
 
     @attrs.frozen(kw_only=True)
-    class Config:
-        """Megatron backend parameters.
+    class Config(BackendSettings):
+        """Megatron backend parameters (besides the settings every backend shares:
+        :class:`~lmix_core.backend_settings.BackendSettings`; ``logprob_chunk_size = 0`` is 2048 scored tokens per
+        output-layer chunk, each chunk's logits recomputed in backward; ``recompute = "full"`` is megatron's full
+        activation recompute of transformer layers).
 
         Attributes:
             model: HF model directory (Llama, Qwen2 or Qwen3 architecture), or a megatron directory written by
@@ -86,25 +85,8 @@ class MegatronBackend(TrainerBackend):
                 main weights in the distributed optimizer.
             sequence_parallel: shard activations along the sequence between TP regions (tp > 1 only).
             layer_spec: ``auto`` (Transformer Engine on GPU when installed, else local), ``te`` or ``local``.
-            lr: peak learning rate.
-            weight_decay: AdamW decoupled weight decay, on matrices only (not on biases and norm weights: the HF
-                backend's convention and megatron's default).
-            betas: AdamW ``(β1, β2)``.
-            adam_eps: AdamW ε.
-            grad_clip: clip the global gradient norm to this (0 disables clipping).
-            lr_schedule: decay after warm-up: ``constant``, ``cosine`` or ``linear`` (``lmix_hf.lr_schedule``).
-            warmup_steps: linear warm-up, in optimiser steps (``train.ppo_epochs × train.minibatches`` per loop
-                step).
-            total_steps: optimiser steps the decay spans (required by ``cosine`` and ``linear``); for a run,
-                ``train.steps × train.ppo_epochs × train.minibatches``.
-            min_lr_ratio: final learning rate as a fraction of ``lr``.
-            micro_batch_size: rows per megatron micro-batch (the loop's micro-batches are split by rows; the
-                objective's token weights make the pieces add up exactly).
-            logits_chunk_tokens: scored tokens per output-layer chunk (each chunk's logits are recomputed in
-                backward); 0 puts all scored tokens of a micro-batch in one chunk.
             vocab_mix: how the combiner's ``mix_logits`` meets the TP-split vocabulary: ``auto`` (shard-wise when
                 the combiner is vocab-local, else gather), ``shard`` (refuse a non-local combiner), ``gather``.
-            recompute: ``full`` recomputes each transformer layer in backward (megatron's activation recompute).
             reference_cache: ``rollouts`` keeps the references' final hidden states of the last ``score``d
                 batch (last pipeline stage, ``tokens × h`` per reference) so that ``train_step`` on its rows runs no
                 reference pass; ``none`` runs the references in every call.
@@ -121,38 +103,20 @@ class MegatronBackend(TrainerBackend):
         layer_spec: Literal["auto", "te", "local"] = attrs.field(
             default="auto", validator=v.in_(("auto", "te", "local"))
         )
-        lr: float = attrs.field(default=1e-5, validator=v.gt(0.0))
-        weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
-        betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
-        adam_eps: float = attrs.field(default=1e-8, validator=v.gt(0.0))
-        grad_clip: float = attrs.field(default=1.0, validator=v.ge(0.0))
-        lr_schedule: Literal["constant", "cosine", "linear"] = attrs.field(
-            default="constant", validator=v.in_(("constant", "cosine", "linear"))
-        )
-        warmup_steps: int = attrs.field(default=0, validator=v.ge(0))
-        total_steps: int = attrs.field(default=0, validator=v.ge(0))
-        min_lr_ratio: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)])
-        micro_batch_size: int = attrs.field(default=8, validator=v.ge(1))
-        logits_chunk_tokens: int = attrs.field(default=2048, validator=v.ge(0))
         vocab_mix: Literal["auto", "shard", "gather"] = attrs.field(
             default="auto", validator=v.in_(("auto", "shard", "gather"))
         )
-        recompute: Literal["none", "full"] = attrs.field(default="none", validator=v.in_(("none", "full")))
         reference_cache: Literal["rollouts", "none"] = attrs.field(
             default="rollouts", validator=v.in_(("rollouts", "none"))
         )
         distributed_timeout_s: float = attrs.field(default=1800.0, validator=v.gt(0.0))
 
         def __attrs_post_init__(self) -> None:
-            if self.lr_schedule != "constant" and self.total_steps <= self.warmup_steps:
-                raise ConfigError(
-                    f"'total_steps' must exceed 'warmup_steps' ({self.warmup_steps}) for lr_schedule "
-                    f"{self.lr_schedule!r} (got {self.total_steps})"
-                )
             if self.sequence_parallel and self.tp == 1:
                 raise ConfigError("'sequence_parallel' needs tp > 1 (got tp=1)")
 
     native_format = "megatron"
+    max_optimizer_states = 2
 
     @classmethod
     def convert(cls, src: Path, dst: Path, /, *, to_native: bool, tp: int = 1, pp: int = 1) -> int:
@@ -164,25 +128,11 @@ class MegatronBackend(TrainerBackend):
         return main([direction, str(src), str(dst), "--tp", str(tp), "--pp", str(pp)])
 
     def __init__(self, config: Config, context: BackendContext) -> None:
-        super().__init__(config, context)
-        if context.num_optimizer_states not in (1, 2):
-            raise BackendError(
-                f"the megatron backend keeps 1 or 2 optimiser states (asked for {context.num_optimizer_states})"
-            )
-        if len(context.update_weights) != context.num_optimizer_states:
-            raise BackendError(
-                f"context.update_weights has {len(context.update_weights)} weights for "
-                f"{context.num_optimizer_states} optimiser state(s)"
-            )
+        super().__init__(config, context)  # checks the context (TrainerBackend.__init__)
         if not config.model:
             raise BackendError(
                 "backend.model is not set; point it at a local Hugging Face model directory (Llama, Qwen2 or "
                 "Qwen3) or at a megatron directory written by `lmix convert --to megatron`"
-            )
-        if context.combiner.num_references > context.num_references:
-            raise BackendError(
-                f"the combiner mixes {context.combiner.num_references} reference(s) but the context asks the backend "
-                f"to load only {context.num_references}"
             )
         compat.install()
         timeout = config.distributed_timeout_s
@@ -589,7 +539,7 @@ class MegatronBackend(TrainerBackend):
                 out = (*out, rlp)
             return out
 
-        size = self.config.logits_chunk_tokens or max(int(hs.shape[0]), 1)
+        size = self.config.logprob_chunk_size or 2048
         starts = range(0, int(hs.shape[0]), size)
         pieces: list[tuple[Tensor, ...]] = []
         ref_inputs = refs_h[:use_refs]

@@ -216,7 +216,7 @@ def build_backend(model: str, ref: str, tp: int, pp: int, combiner: Any, **extra
         "tp": tp,
         "pp": pp,
         "micro_batch_size": 2,  # 3 pipeline micro-batches for 5 rows
-        "logits_chunk_tokens": 7,  # several output-layer chunks, recomputed in backward
+        "logprob_chunk_size": 7,  # several output-layer chunks, recomputed in backward
         "lr": LR,
         "weight_decay": WEIGHT_DECAY,
         "grad_clip": GRAD_CLIP,
