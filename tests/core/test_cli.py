@@ -325,7 +325,7 @@ def test_dispatch_passes_parsed_options(command_module, monkeypatch):
 
     assert cli.main(["run", "r.toml", "a=1", "--out", "o", "b=2", "--resume"]) == 0
     run = lmt_cli_cmd.seen[-1]
-    assert (run.recipe, run.overrides, run.out, run.resume) == ("r.toml", ["a=1", "b=2"], "o", True)
+    assert (run.recipe, run.overrides, run.out, run.start) == ("r.toml", ["a=1", "b=2"], "o", "resume")
     assert cli.main(["demo"]) == 0
     demo = lmt_cli_cmd.seen[-1]
     assert (demo.out, demo.seed, demo.quick) == ("runs/demo", 0, False)
