@@ -31,10 +31,9 @@ wheel_smoke() {
     trap 'rm -rf "$WHEEL_SMOKE_TMP"' EXIT
     # Build from a copy of the sources, so stale build/ folders in the checkout cannot leak into the wheels.
     mkdir "$tmp/src" "$tmp/wheels" "$tmp/work"
-    tar -cf - --exclude=./.venv --exclude=./.git --exclude=./runs --exclude='./*/build' --exclude=./build \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude=wandb . | tar -xf - -C "$tmp/src"
-    "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$tmp/wheels" \
-        "$tmp/src" "$tmp/src/backends/hf" >/dev/null
+    tar -cf - --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=build --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=wandb . | tar -xf - -C "$tmp/src"
+    "$VENV/bin/python" -m pip wheel -q --no-deps -w "$tmp/wheels" "$tmp/src" "$tmp/src/backends/hf" >/dev/null
     "$PY" -m venv "$tmp/venv"
     # torch first and pinned, as in setup: the local CPU wheel, never the CUDA build.
     "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
@@ -48,9 +47,9 @@ wheel_smoke() {
         set -x
         lmix components > components.txt && grep -q "lmix-hf 0.1.0" components.txt
         lmix recipes > recipes.txt && grep -q "demo:grpo_logit_average" recipes.txt
-        lmix demo --smoke 2> demo.err
+        lmix demo --smoke 2> demo.err || { cat demo.err >&2; exit 1; }
         lmix run demo:grpo_logit_average --out runs/mine train.steps=1 train.prompts_per_step=2 \
-            train.group_size=2 sampling.max_new_tokens=8 2> run.err
+            train.group_size=2 sampling.max_new_tokens=8 2> run.err || { cat run.err >&2; exit 1; }
         set +x
         test -f runs/demo/summary.json && test -f runs/mine/summary.json
         if grep -hE "[A-Za-z]*Warning:" demo.err run.err; then
