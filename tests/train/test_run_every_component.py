@@ -32,3 +32,22 @@ def test_two_steps_train_and_write_the_run_directory(slot, name, tiny_run_inputs
     assert (out / "model" / "config.json").exists()
     assert (out / "recipe.toml").exists() and (out / "provenance.json").exists()
     assert 0.0 <= summary["final_eval"]["pass@1"] <= 1.0
+
+
+COMBINERS, MIXERS = combiners.names(), mixers.names()
+LORA_PAIRS = [
+    (COMBINERS[i % len(COMBINERS)], MIXERS[i % len(MIXERS)]) for i in range(max(len(COMBINERS), len(MIXERS)))
+]
+
+
+@pytest.mark.parametrize(("combiner", "mixer"), LORA_PAIRS, ids=[f"{c}-{m}" for c, m in LORA_PAIRS])
+def test_lora_policy_trains_with_every_combiner_and_mixer(combiner, mixer, tiny_run_inputs, tmp_path):
+    """A LoRA policy (references: the policy with its adapters disabled) takes one step under every combiner and
+    every mixer (paired up, so each appears at least once), and exports the merged model."""
+    body = f'lora_rank = 4\nlora_alpha = 8\n[combiner]\ntype = "{combiner}"\n[mixer]\ntype = "{mixer}"\n'
+    recipe = write_recipe(tmp_path / "r.toml", tiny_run_inputs, body, steps=1)
+    out = tmp_path / "run"
+    train(load_recipe(recipe), out, quiet=True)
+    (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(line["loss"]) and not line["skipped"]
+    assert (out / "model" / "config.json").exists() and (out / "model" / "model.safetensors").exists()
