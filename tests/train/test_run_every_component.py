@@ -51,3 +51,16 @@ def test_lora_policy_trains_with_every_combiner_and_mixer(combiner, mixer, tiny_
     (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(line["loss"]) and not line["skipped"]
     assert (out / "model" / "config.json").exists() and (out / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("combiner", "mixer"), LORA_PAIRS, ids=[f"{c}-{m}" for c, m in LORA_PAIRS])
+def test_fsdp_policy_trains_with_every_combiner_and_mixer(combiner, mixer, tiny_run_inputs, tmp_path):
+    """Under FSDP (one process: a one-rank group; parameters, references and optimiser state are DTensors) one step
+    runs under every combiner and every mixer (paired up) and exports an ordinary HF directory."""
+    body = f'parallel = "fsdp"\n[combiner]\ntype = "{combiner}"\n[mixer]\ntype = "{mixer}"\n'
+    recipe = write_recipe(tmp_path / "r.toml", tiny_run_inputs, body, steps=1)
+    out = tmp_path / "run"
+    train(load_recipe(recipe), out, quiet=True)
+    (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(line["loss"]) and not line["skipped"]
+    assert (out / "model" / "config.json").exists() and (out / "model" / "model.safetensors").exists()

@@ -1,21 +1,15 @@
-"""Data parallelism under ``torchrun``: process-group set-up and gradient averaging.
+"""Data parallelism under ``torchrun``: process-group set-up and collectives on scalars and metrics.
 
-The backend does not wrap the model in ``DistributedDataParallel``: it forwards ``model.base_model`` and applies
-the LM head itself (chunked log-probs), which bypasses DDP's ``forward`` hooks. Instead, after a group's
-micro-batches have all been back-propagated locally, :func:`average_gradients` all-reduces every gradient once,
-in one flat buffer (one collective per optimiser state and step, the same traffic as DDP's buckets with
-``no_sync`` during accumulation). Gradients are *averaged* over ranks, DDP's convention; the loop's loss weights
-carry the factor ``W`` that makes the average the global batch's gradient (``train.dp_normalization``).
-
-The process group is created only when ``WORLD_SIZE > 1`` and none exists yet: gloo on CPU, NCCL on CUDA, with a
-timeout so a rank that dies does not hang the others forever.
+Gradient averaging is torch's (DDP or FSDP2, :mod:`lmix_hf.parallel`). The process group is created when
+``WORLD_SIZE > 1`` (or when FSDP needs one for a single process) and none exists yet: gloo on CPU, NCCL on CUDA,
+with a timeout so a rank that dies does not hang the others forever.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import attrs
 import torch
@@ -48,12 +42,13 @@ class Topology:
         return self.world_size > 1
 
 
-def setup(*, device: str, timeout_s: float) -> Topology:
+def setup(*, device: str, timeout_s: float, group_of_one: bool = False) -> Topology:
     """Read ``torchrun``'s environment, pick the device and join (or create) the process group.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         timeout_s: collective timeout in seconds.
+        group_of_one: create a one-process group when not under torchrun (FSDP needs a group).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -66,14 +61,16 @@ def setup(*, device: str, timeout_s: float) -> Topology:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if world_size <= 1:
+    if world_size <= 1 and not group_of_one:
         return Topology(device=dev)
     owns = False
     if not dist.is_initialized():
+        alone = {} if "MASTER_ADDR" in os.environ else {"store": dist.HashStore(), "rank": 0, "world_size": 1}
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
             **({"device_id": dev} if use_cuda else {}),
+            **alone,
         )
         owns = True
     if dist.get_world_size() != world_size or dist.get_rank() != rank:
@@ -82,21 +79,6 @@ def setup(*, device: str, timeout_s: float) -> Topology:
             f"environment (RANK={rank}, WORLD_SIZE={world_size})"
         )
     return Topology(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
-
-
-def average_gradients(params: Sequence[torch.nn.Parameter], topology: Topology) -> None:
-    """Replace each ``p.grad`` by its mean over ranks (a missing gradient counts as zeros, and is then set)."""
-    if not topology.distributed:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])  # [P]
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(topology.world_size)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(g).to(g.dtype).clone()
-        offset += n
 
 
 def mean_over_ranks(values: Mapping[str, float], topology: Topology) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""Multi-process launches across several torchrun agents ("nodes") on one machine."""
