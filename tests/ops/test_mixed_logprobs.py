@@ -415,3 +415,35 @@ def test_a_mix_that_ignores_the_policy_gives_zero_gradients():
     )
     out.loss.backward()
     assert bool((w2.grad == 0).all()) and bool((h2.grad == 0).all())
+
+
+def test_automatic_chunking_takes_the_plain_path_for_small_logits():
+    """``chunk_size=None`` on small logits gives the chunked path's statistics and gradients (a mix with masked
+    entries and the entropy included: finite values, no NaN); large ones stay chunked."""
+    from lmix_core.ops.mixed_logprobs import PLAIN_BYTES, PLAIN_ENTROPY_BYTES, takes_plain_path
+
+    assert takes_plain_path(512, 2048, 2, entropy=True) and takes_plain_path(4096, 4096, 1, entropy=False)
+    assert not takes_plain_path(PLAIN_ENTROPY_BYTES // 4 + 1, 1, 1, entropy=True)
+    assert not takes_plain_path(PLAIN_BYTES // 4, 2, 1, entropy=False)
+    gen = torch.Generator().manual_seed(11)
+    banned = torch.zeros(9, dtype=torch.bool)
+    banned[3] = True
+
+    def mix(z_pol, z_refs):
+        return geometric_mix(z_pol, z_refs, alpha=0.4, ref_weights=(1.0,)).masked_fill(banned, -math.inf)
+
+    h, w = (
+        torch.randn(7, 4, generator=gen, dtype=torch.float64),
+        torch.randn(9, 4, generator=gen, dtype=torch.float64),
+    )
+    h_ref = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 4, 5, 8, 8])
+    out = []
+    for chunk in (None, 3):
+        hp, wp = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        stats = mixed_token_stats(hp, wp, [h_ref], [w], targets, mix, temperature=0.7, chunk_size=chunk)
+        (stats.logp.sum() + 0.5 * stats.entropy.sum()).backward()
+        out.append((stats.logp.detach(), stats.entropy.detach(), hp.grad, wp.grad))
+    for plain, chunked in zip(*out, strict=True):
+        assert torch.isfinite(plain).all()
+        torch.testing.assert_close(plain, chunked, atol=1e-12, rtol=1e-12)
