@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from lmix_core.backend_settings import BackendSettings
 from lmix_megatron.backend import MegatronBackend
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -38,4 +39,6 @@ def test_field_is_in_docs_megatron(field: str) -> None:
 @pytest.mark.parametrize("field", FIELDS)
 def test_field_is_in_components_backends(field: str) -> None:
     text = (DOCS / "components" / "backends.md").read_text(encoding="utf-8")
-    assert field in table_fields(section(text, "## megatron")), f"{field} missing from components/backends.md"
+    shared = {f.name for f in attrs.fields(BackendSettings)}
+    heading = "## Shared settings" if field in shared else "## megatron"
+    assert field in table_fields(section(text, heading)), f"{field} missing from components/backends.md {heading}"
