@@ -25,7 +25,7 @@ class HPT(Mixer):
       when 0/8 correct), γ = 2 for Llama-3.1-8B.
     - ``soft`` [U, lmix's definition]: ``w_SFT(q) = σ((γ + ½ − P_q)/τ)``, ``w_RL(q) = 1 − w_SFT(q)``; a logistic
       version of the same gate, decreasing in the success count, centred half-way between γ and γ + 1, and
-      tending to ``switch`` as τ → 0. (The note's coefficient table (on, off, sft) by P also has an off-policy
+      tending to ``switch`` as τ → 0. (HPT's coefficient table (on, off, sft) by P also has an off-policy
       term lmix's mixers do not express; the official code's ``unify_strategy = "soft"`` keeps every rollout and
       adds every demonstration, i.e. ``constant`` with μ = ½ up to a factor 2.)
 

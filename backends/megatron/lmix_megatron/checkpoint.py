@@ -102,7 +102,7 @@ def _with_bucket_padding(opt: Any, state: Any) -> Any:
 
     Its "world tensors" concatenate each bucket's *unpadded* elements, but ``sharded_param_state_fully_reshardable``
     slices them with ``param_index_map`` offsets of the *padded* buffer; every parameter after a padded bucket
-    boundary is read shifted (megatron-core's own comment: "this is a bug in the param ranges logic", issue #504).
+    boundary is read shifted (megatron-core's own comment: "this is a bug in the param ranges logic", NVIDIA/Megatron-LM issue #504).
     """
     if state is None:
         return None
