@@ -2,6 +2,7 @@
 # The README's two commands:
 #   bash scripts/lmix.sh demo   set up .venv from scratch if needed, then run the embedded demo
 #   bash scripts/lmix.sh test   set up if needed, then lint, run the whole test suite and the wheel smoke test
+#                               (`test ARGS...` passes ARGS to pytest and skips the wheel smoke test)
 # Also: `setup` (only set up), `run ARGS...` (the lmix CLI inside the venv), `wheel-smoke` (only the wheel test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +72,7 @@ case "$cmd" in
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -q "$@"
-        wheel_smoke
+        if [ $# -eq 0 ]; then wheel_smoke; fi  # with pytest arguments (a subset), only the tests
         ;;
     wheel-smoke) ensure; wheel_smoke ;;
     run) ensure; exec "$VENV/bin/lmix" "$@" ;;
