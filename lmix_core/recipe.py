@@ -96,7 +96,8 @@ REQUIRED_SETTINGS = frozenset({"data"})
 #: Fields of ``[data]`` that are file paths (typed ``str``): relative values are resolved against the recipe.
 DATA_PATH_FIELDS = ("train", "eval")
 #: Fields of ``[backend]`` that may be local paths or hub ids: resolved against the recipe when they start with
-#: ``./`` or ``../`` or exist relative to it.
+#: ``./`` or ``../`` or exist relative to it (the defaults of ``TrainerBackend.model_field``/``references_field``;
+#: a backend that declares other fields gets those resolved).
 BACKEND_PATH_FIELDS = ("model", "references")
 #: Kinds built with a context, and who builds it.
 CONTEXT_KINDS = {
@@ -473,8 +474,25 @@ def _resolve_paths(
             ]
 
 
-def _resolve_backend_paths(table: dict[str, Any], bases: _Bases) -> None:
-    """``backend.model``/``backend.references``: relative values that start with ``./``/``../`` or exist."""
+def _backend_path_fields(registry: Registry, table: dict[str, Any]) -> tuple[str, ...]:
+    """The Config fields the named backend declares for its models (``TrainerBackend.model_field`` and
+    ``references_field``), or :data:`BACKEND_PATH_FIELDS` when it cannot be loaded (that problem is reported once,
+    with the component)."""
+    name = table.get("type")
+    if isinstance(name, str) and name in registry:
+        try:
+            cls = registry.get(name)
+        except LmixError:
+            return BACKEND_PATH_FIELDS
+        return (cls.model_field, cls.references_field)
+    return BACKEND_PATH_FIELDS
+
+
+def _resolve_backend_paths(
+    table: dict[str, Any], bases: _Bases, fields: tuple[str, ...] = BACKEND_PATH_FIELDS
+) -> None:
+    """The backend's model and references (``backend.model``/``backend.references`` unless the backend declares
+    other fields): relative values that start with ``./``/``../`` or exist."""
 
     def fix(value: Any, key: str) -> Any:
         if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
@@ -485,7 +503,7 @@ def _resolve_backend_paths(table: dict[str, Any], bases: _Bases) -> None:
             return _absolute(value, base)
         return value
 
-    for name in BACKEND_PATH_FIELDS:
+    for name in fields:
         if name not in table:
             continue
         value = table[name]
@@ -744,7 +762,7 @@ def _validate(
     for slot in SLOTS:
         table = raw.get(slot.key)
         if isinstance(table, dict) and slot.kind == "backend":
-            _resolve_backend_paths(table, bases)
+            _resolve_backend_paths(table, bases, _backend_path_fields(registries["backend"], table))
         found, probs = _component(
             registries[slot.kind], table, slot=slot.key, default=slot.default, reserved=(), bases=bases
         )
