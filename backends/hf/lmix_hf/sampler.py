@@ -76,7 +76,9 @@ class Sample:
 
 
 class Sampler:
-    """Samples responses from Hugging Face causal LMs; standalone, so any backend can feed it models.
+    """Samples responses from Hugging Face causal LMs: the `hf` rollout engine's sampler (:mod:`lmix_hf.engine`).
+
+    Backends reach it only through the engine; it takes any transformers models, so tests drive it directly.
 
     Args:
         tokenizer: decodes completions and stop-string tails; its ``pad_token_id`` fills finished rows.
