@@ -76,7 +76,7 @@ class Sample:
 
 
 class Sampler:
-    """Samples responses from Hugging Face causal LMs: the `hf` rollout engine's sampler (:mod:`lmix_hf.engine`).
+    """Samples responses from Hugging Face causal LMs: the ``hf`` rollout engine's sampler (:mod:`lmix_hf.engine`).
 
     Backends reach it only through the engine; it takes any transformers models, so tests drive it directly.
 
