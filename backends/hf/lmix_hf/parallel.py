@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from lmix_core.errors import BackendError
 from lmix_core.types import TokenBatch
@@ -55,7 +56,11 @@ class Scope(nn.Module):
         self.lm = lm
 
     def forward(self, fn: Callable[[nn.Module], T], /) -> T:
-        return fn(self.lm)
+        # FSDP hooks its pre-backward onto the outputs; a view could lose it to a later in-place op, so views
+        # (the per-token statistics: a few values per token) leave as copies
+        return tree_map(
+            lambda t: t.clone() if isinstance(t, torch.Tensor) and t._base is not None else t, fn(self.lm)
+        )
 
 
 def run(model: Any, fn: Callable[[Any], T]) -> T:
