@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from lmix_core.errors import CheckpointError
 
 #: Name of a complete checkpoint directory.
 STEP_DIR = re.compile(r"step_(\d{6,})")
+#: The scalar types ``torch.load(weights_only=True)`` reads (subclasses such as numpy's float64 are not among them).
+PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
 #: Keys of ``trainer.pt`` and their types.
 TRAINER_KEYS: dict[str, type | tuple[type, ...]] = {
     "step": int,
@@ -94,15 +97,15 @@ def begin(run_dir: Path, step: int) -> Path:
 
 def check_plain(value: Any, where: str) -> None:
     """Raise CheckpointError unless ``value`` holds only tensors and plain values (what ``weights_only`` loads)."""
-    if value is None or isinstance(value, bool | int | float | str | bytes | torch.Tensor):
+    if type(value) in PLAIN_SCALARS or isinstance(value, torch.Tensor):  # exact types: no numpy scalars
         return
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         for i, v in enumerate(value):
             check_plain(v, f"{where}[{i}]")
         return
-    if isinstance(value, dict):
+    if type(value) in (dict, OrderedDict):
         for k, v in value.items():
-            if not isinstance(k, str | int):
+            if type(k) not in (str, int):
                 raise CheckpointError(
                     f"{where} has a key of type {type(k).__name__} ({k!r}); keys must be str or int"
                 )
