@@ -144,3 +144,18 @@ chat_template = "none"
     first = strict_json(completions.read_text().splitlines()[0])
     assert first["prompt"] == "[Algebra] What is $1+1$?"
     assert strict_json(capsys.readouterr().out)["n"] == 2
+
+
+def test_bare_model_goes_into_the_backends_declared_model_field(tmp_path, capsys):
+    """``--backend`` picks the backend for a bare model directory; the path goes into the field the backend declares
+    (``TrainerBackend.model_field``); an unknown backend is named as the option, with suggestions."""
+    from lmix_core.evaluation import _bare_recipe
+    from lmix_core.registries import backends
+
+    recipe = _bare_recipe(tmp_path, "math", "d.jsonl", "megatron")
+    field = backends.get("megatron").model_field
+    assert recipe["backend"] == {"type": "megatron", field: str(tmp_path.resolve())}
+    model = save_tiny_model_dir(tmp_path / "m", seed=1)
+    assert cli.main(["eval", str(model), "--data", "d.jsonl", "--backend", "megatorn"]) == 1
+    err = capsys.readouterr().err
+    assert "--backend: no backend named 'megatorn'" in err and "Did you mean: 'megatron'?" in err
