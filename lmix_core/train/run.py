@@ -139,7 +139,7 @@ def plan_start(out_dir: Path, start: Start, steps: int) -> tuple[str, dict[str, 
             f"{str(out_dir)!r} holds a run finished at step {finished}; train.steps = {steps} cannot shorten it "
             "(--overwrite starts it again)"
         )
-    ckpt = latest(out_dir, warn=None if main else (lambda _m: None))
+    ckpt = latest(out_dir, warn=lambda _m: None)  # the restore warns (once) when it falls back
     if ckpt is not None:
         if main and summary is not None:  # extending a finished run: the old summary no longer describes it
             (out_dir / "summary.json").unlink()
