@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import peft
 import pytest
 import torch
+from ddp_worker import shard_batches
 from hf_helpers import WeightedNLL, load_plain, make_backend, micro_batch, naive_logp, prompts
 
 from lmix_core.combiners.logit_average import LogitAverage
@@ -168,3 +175,44 @@ def test_target_modules_choose_the_adapted_layers(model_dirs):
 def test_bad_target_modules_fail_loudly(model_dirs, targets, match):
     with pytest.raises(BackendError, match=match):
         make_backend(model_dirs["policy"], lora_rank=2, lora_target_modules=targets)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ddp_ranks_train_the_adapters_like_one_process_on_the_union(model_dirs, tmp_path):
+    """2 gloo ranks (each with half the rows) end with identical adapters, equal to one process stepping on both
+    halves with weights halved (within 1e-5); the KL term reads the adapter-free reference on every rank."""
+    here = Path(__file__).parent
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(here / "lora_ddp_worker.py"), str(model_dirs["policy"]), str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    adapters = [torch.load(tmp_path / f"adapters{r}.pt") for r in range(2)]
+    assert reports[0] == reports[1]
+    for name in adapters[0]:
+        assert torch.equal(adapters[0][name], adapters[1][name]), name
+
+    single = lora_backend(model_dirs["policy"], lr=1e-2, adam_eps=1.0, micro_batch_size=1)
+    halves = [shard_batches(single, r) for r in range(2)]
+    halves = [
+        type(mb)(tokens=mb.tokens, role=mb.role, tensors={"weights": mb.tensors["weights"] / 2})
+        for mb in halves
+    ]
+    objective = WeightedNLL(needs_ref_logp=True, kl_coef=0.3)
+    want = [single.train_step([halves], objective, step=s) for s in range(2)]
+    for got, w in zip(reports[0], want):
+        assert not got["skipped"] and got["loss"] == pytest.approx(w.loss, abs=1e-5)
+        assert got["grad_norms"] == pytest.approx(list(w.grad_norms), rel=1e-4)
+    trained = {k: v.detach() for k, v in single.policy.named_parameters() if v.requires_grad}
+    assert trained.keys() == adapters[0].keys()
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)
+    for name, p in trained.items():
+        torch.testing.assert_close(adapters[0][name], p, rtol=0, atol=1e-5, msg=name)
