@@ -8,6 +8,7 @@ backends use).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -68,3 +69,28 @@ class BackendSettings:
     micro_batch_size: int = attrs.field(default=8, validator=v.ge(1))
     logprob_chunk_size: int = attrs.field(default=0, validator=v.ge(0))
     recompute: Literal["none", "full"] = attrs.field(default="none", validator=v.in_(("none", "full")))
+
+
+#: Megatron's ``logits_chunk_tokens = 0`` meant "every scored token of a micro-batch in one chunk".
+_ONE_CHUNK = 2**31 - 1
+
+#: ``[backend]`` keys of earlier lmix versions, which saved run recipes (``recipe.toml``) still hold: the old key,
+#: the key it is now, and how its value reads there.
+RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "gradient_checkpointing": ("recompute", lambda on: {True: "full", False: "none"}.get(on, on)),
+    "logits_chunk_tokens": ("logprob_chunk_size", lambda n: _ONE_CHUNK if n == 0 else n),
+}
+
+
+def upgrade_renamed(table: Mapping[str, Any], config_cls: type) -> dict[str, Any]:
+    """``table`` with the keys of :data:`RENAMED` under their current names, when ``config_cls`` extends
+    :class:`BackendSettings` and has no field of the old name. A key given under both names is left as it is (the
+    old one is then reported as unknown)."""
+    out = dict(table)
+    if not (isinstance(config_cls, type) and issubclass(config_cls, BackendSettings)):
+        return out
+    fields = {f.name for f in attrs.fields(config_cls)}
+    for old, (new, read) in RENAMED.items():
+        if old in out and old not in fields and new not in out:
+            out[new] = read(out.pop(old))
+    return out

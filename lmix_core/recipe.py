@@ -474,18 +474,32 @@ def _resolve_paths(
             ]
 
 
-def _backend_path_fields(registry: Registry, table: dict[str, Any]) -> tuple[str, ...]:
-    """The Config fields the named backend declares for its models (``TrainerBackend.model_field`` and
-    ``references_field``), or :data:`BACKEND_PATH_FIELDS` when it cannot be loaded (that problem is reported once,
+def _backend_class(registry: Registry, table: dict[str, Any]) -> Any:
+    """The class the ``[backend]`` table names, or None when it cannot be loaded (that problem is reported once,
     with the component)."""
     name = table.get("type")
     if isinstance(name, str) and name in registry:
         try:
-            cls = registry.get(name)
+            return registry.get(name)
         except LmixError:
-            return BACKEND_PATH_FIELDS
-        return (cls.model_field, cls.references_field)
-    return BACKEND_PATH_FIELDS
+            return None
+    return None
+
+
+def _prepare_backend_table(registry: Registry, table: dict[str, Any], bases: _Bases) -> None:
+    """Resolve the backend's model paths (the Config fields it declares: ``TrainerBackend.model_field`` and
+    ``references_field``) and read keys of earlier lmix versions under their current names
+    (:func:`lmix_core.backend_settings.upgrade_renamed`: saved run recipes hold them)."""
+    cls = _backend_class(registry, table)
+    if cls is None:
+        _resolve_backend_paths(table, bases)
+        return
+    from lmix_core.backend_settings import upgrade_renamed
+
+    upgraded = upgrade_renamed(table, cls.Config)
+    table.clear()
+    table.update(upgraded)
+    _resolve_backend_paths(table, bases, (cls.model_field, cls.references_field))
 
 
 def _resolve_backend_paths(
@@ -762,7 +776,7 @@ def _validate(
     for slot in SLOTS:
         table = raw.get(slot.key)
         if isinstance(table, dict) and slot.kind == "backend":
-            _resolve_backend_paths(table, bases, _backend_path_fields(registries["backend"], table))
+            _prepare_backend_table(registries["backend"], table, bases)
         found, probs = _component(
             registries[slot.kind], table, slot=slot.key, default=slot.default, reserved=(), bases=bases
         )
