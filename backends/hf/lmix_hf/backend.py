@@ -34,13 +34,16 @@ class HFBackend(TrainerBackend):
     frozen references (eval mode, no gradient, no optimiser state) are loaded from ``references`` in order, the
     missing ones from ``model`` again (the initial, e.g. SFT, model). ``combiner.mix_logits`` reads the first
     ``combiner.num_references`` of them; a KL penalty's ``ref_logp`` is the first reference alone.
+    With ``lora_rank > 0`` only LoRA adapters train, and a reference that is ``model`` is not loaded again: it is the
+    policy with its adapters left out, sharing its weights (:mod:`lmix_hf.lora`).
 
     Step: every micro-batch is split into chunks of ``micro_batch_size`` rows; each chunk is forwarded with
     gradient, scored with ``lmix_core.ops.mixed_logprobs.mixed_token_stats`` (logp, entropy, ref_logp at the
     objective's temperature), passed to the objective and back-propagated; gradients add up over chunks (the
-    loop's loss weights are precomputed for the whole step). Under ``torchrun`` the gradients are then averaged
-    over ranks (DDP's convention; the loop's weights normalise by the global batch's counts times the world size,
-    so the average is the global batch's gradient: ``train.dp_normalization``). The pre-clip norm is reported,
+    loop's loss weights are precomputed for the whole step). Under ``torchrun`` the gradients are averaged over
+    ranks by ``DistributedDataParallel`` or reduce-scattered by FSDP2 (``parallel``; :mod:`lmix_hf.parallel`),
+    DDP's convention: the loop's weights normalise by the global batch's counts times the world size, so the
+    average is the global batch's gradient (``train.dp_normalization``). The pre-clip norm is reported,
     the gradient clipped to ``grad_clip`` and AdamW steps at ``lr_at(lr_step)`` (the optimiser-step count; the combiner's mix reads the loop ``step``). With two optimiser
     states (``parallel_average``), group ``k`` goes through AdamW state ``k``
     and ``lmix_core.ops.update_average.step_averaged`` sets ``θ ← θ̄ + Σ_k w_k Δ_k`` (a group empty on every rank
@@ -52,8 +55,9 @@ class HFBackend(TrainerBackend):
 
     AdamW follows ``torch.optim.AdamW``; weight decay applies to matrices (``ndim ≥ 2``) only, not to biases and
     norm gains (the transformers Trainer convention). ``bfloat16`` keeps parameters and optimiser moments in
-    bf16 (pure bf16 training); log-probs are computed in float32 chunk by chunk. Dropout follows the model config
-    (training forwards run in train mode, scoring and sampling in eval mode).
+    bf16 (pure bf16 training; under ``fsdp``: float32 master weights and moments, bf16 compute); log-probs are
+    computed in float32 chunk by chunk. Dropout follows the model config (training forwards run in train mode,
+    scoring and sampling in eval mode).
     """
 
     @attrs.frozen(kw_only=True)
@@ -218,6 +222,9 @@ class HFBackend(TrainerBackend):
             lr=self.config.lr,
             betas=self.config.betas,
             eps=self.config.adam_eps,
+            # one fused kernel for all parameters (3x faster than the per-tensor loop for a 4M model on one CPU
+            # thread); sharded (DTensor) parameters keep torch's default implementation
+            fused=all(type(p.data) is torch.Tensor for p in self._params) or None,
         )
 
     # -- topology --------------------------------------------------------------------------------------------
@@ -551,8 +558,11 @@ class HFBackend(TrainerBackend):
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
             if self.is_main:
                 path.mkdir(parents=True, exist_ok=True)
+                # a plain model over the gathered tensors (no copy): config.json then names the exported dtype
+                plain = parallel.plain_copy(self._policy, state, device=torch.device("cpu"))
                 with quiet_progress():
-                    self._policy.save_pretrained(path, state_dict=state)
+                    plain.save_pretrained(path)
+                del plain
                 self._tokenizer.save_pretrained(path)
             self.barrier()
             return

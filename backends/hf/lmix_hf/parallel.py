@@ -214,12 +214,18 @@ def gathered(model: Any, *, dtype: torch.dtype, device: torch.device) -> nn.Modu
     from torch.distributed.tensor import DTensor
 
     lm = unwrap(model)
-    with torch.device("meta"):
-        plain = type(lm)(lm.config)
     state = {
         name: (p.full_tensor() if isinstance(p, DTensor) else p.detach()).to(device=device, dtype=dtype)
         for name, p in lm.named_parameters()
     }
+    return plain_copy(lm, state, device=device).requires_grad_(False).eval()
+
+
+def plain_copy(lm: nn.Module, state: dict[str, torch.Tensor], *, device: torch.device) -> nn.Module:
+    """A transformers model of ``lm``'s class and config holding ``state``'s tensors (no copy) and ``lm``'s
+    buffers (moved to ``device``); built on the meta device, so nothing is initialised twice."""
+    with torch.device("meta"):
+        plain = type(lm)(lm.config)
     plain.load_state_dict(state, strict=False, assign=True)
     plain.tie_weights()
     for name, b in lm.named_buffers():  # not sharded; rotary tables are not in the state dict
@@ -227,6 +233,6 @@ def gathered(model: Any, *, dtype: torch.dtype, device: torch.device) -> nn.Modu
         plain.get_submodule(owner)._buffers[leaf] = b.to(device)
     left = [n for n, t in (*plain.named_parameters(), *plain.named_buffers()) if t.is_meta]
     if left:
-        raise BackendError(f"gathering {type(lm).__name__} left tensors without data: {left[:5]}")
+        raise BackendError(f"building a plain {type(lm).__name__} left tensors without data: {left[:5]}")
     plain.generation_config = lm.generation_config
-    return plain.requires_grad_(False).eval()
+    return plain

@@ -110,3 +110,33 @@ def test_sharded_score_with_unequal_passes(launched, single):
     want = b.score(tokens, entropy=True, ref_logp=True)
     torch.testing.assert_close(got["logp"], want.logp, rtol=0, atol=1e-5)
     torch.testing.assert_close(got["entropy"], want.entropy, rtol=0, atol=1e-5)
+
+
+def test_one_rank_fsdp_recompute_and_bf16_mixed_precision(model_dirs, tmp_path):
+    """In one process (a one-rank group): FSDP with ``recompute = "full"`` takes the replicated backend's steps
+    exactly; with ``dtype = "bfloat16"`` the sharded master weights stay float32, the first step's loss is the
+    pure-bf16 run's (same bf16 weights at step 0) and the export is written in bfloat16."""
+    policy, reference = model_dirs["policy"], model_dirs["reference"]
+    runs = {}
+    for name, kw in {
+        "fsdp_recompute": {"parallel": "fsdp", "recompute": "full"},
+        "ddp": {},
+        "fsdp_bf16": {"parallel": "fsdp", "dtype": "bfloat16"},
+        "ddp_bf16": {"dtype": "bfloat16"},
+    }.items():
+        b = backend(policy, reference, **kw)
+        try:
+            tokens = rollouts(b)
+            runs[name] = train(b, tokens, (0, 1), 0.5, range(2))
+            if name == "fsdp_bf16":
+                assert {p.dtype for p in b.policy.parameters()} == {torch.float32}
+                b.save_pretrained(tmp_path / "bf16")
+        finally:
+            b.close()
+    for got, want in zip(runs["fsdp_recompute"], runs["ddp"], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
+        assert got["grad_norms"] == pytest.approx(want["grad_norms"], abs=1e-6)
+    assert runs["fsdp_bf16"][0]["loss"] == pytest.approx(runs["ddp_bf16"][0]["loss"], abs=1e-6)
+    assert runs["fsdp_bf16"][1]["loss"] != runs["ddp_bf16"][1]["loss"]  # float32 master weights after a step
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert {p.dtype for p in exported.parameters()} == {torch.bfloat16}
