@@ -1,4 +1,5 @@
-"""`lmix run` trains a tiny model with every registered combiner, advantage, loss and mixer (plugins included)."""
+"""`lmix run` trains a tiny model with every registered combiner, advantage, loss, mixer and rollout engine (plugins
+included)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 
 from lmix_core.recipe import load_recipe
-from lmix_core.registries import advantages, combiners, losses, mixers
+from lmix_core.registries import advantages, combiners, losses, mixers, rollout_engines
 from lmix_core.train.run import train
 from tests.train.helpers import write_recipe
 
@@ -16,6 +17,7 @@ SLOTS = [("combiner", n) for n in combiners.names()]
 SLOTS += [("advantage", n) for n in advantages.names()]
 SLOTS += [("loss", n) for n in losses.names()]
 SLOTS += [("mixer", n) for n in mixers.names()]
+SLOTS += [("rollout_engine", n) for n in rollout_engines.names()]
 
 
 @pytest.mark.parametrize(("slot", "name"), SLOTS, ids=[f"{s}-{n}" for s, n in SLOTS])
