@@ -84,9 +84,16 @@ class TrainerBackend(Component):
     a backend with a sharded vocabulary may compute the same statistics its own way). Position ids are
     ``cumsum(attention_mask) - 1``.
 
-    Contract (``lmix_core.testing.backend.check_backend``): ``score`` of a generated batch reproduces the sampler's
-    log-probs; a ``train_step`` with a non-finite loss changes nothing and reports ``skipped``; a checkpoint saved
-    and loaded reproduces the next step exactly.
+    Sampling goes through the rollout engine the backend builds with ``context.rollout_engine`` (never its own
+    code); the backend calls the engine's ``load_policy_weights`` before the first :meth:`generate` after each
+    update of the policy (an optimiser step, a loaded checkpoint).
+
+    Contract (``lmix_core.testing.backend.check_backend``): the context is checked at construction; the declared
+    models round-trip; ``all_sum``/``all_mean`` sum and average over ranks; generated rows have the documented
+    layout and are seeded; ``score`` of a generated batch reproduces the sampler's log-probs; a ``train_step`` with
+    a non-finite loss changes nothing and reports ``skipped``, an ordinary one lowers a fixed batch's loss;
+    ``save_pretrained`` loads in transformers; a checkpoint saved and loaded samples the same tokens and reproduces
+    the next step.
     """
 
     #: The Config fields that name the policy's model and the references (read by the default :meth:`models` and
@@ -204,7 +211,7 @@ class TrainerBackend(Component):
 
     @abstractmethod
     def generate(self, request: GenerationRequest, /) -> Generation:
-        """Sample one response per row, from the combined distribution or the policy alone."""
+        """Sample one response per row, from the combined distribution or the policy alone, through the engine."""
 
     @abstractmethod
     def score(
