@@ -25,7 +25,9 @@ Checks:
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -80,6 +82,7 @@ def _fixture() -> _Fixture:
     from lmix_core.synthetic.tokenizer import build_tokenizer
 
     root = Path(tempfile.mkdtemp(prefix="lmix-engine-contract-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     tokenizer = build_tokenizer()
     for name, seed in (("policy", 1), ("reference", 2), ("updated", 3)):
         model = build_tiny_model(
