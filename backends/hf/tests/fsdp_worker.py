@@ -1,9 +1,9 @@
 """Worker for test_fsdp.py, launched by ``torchrun --nproc_per_node 2``: the FSDP scenario, a checkpoint and a resume.
 
-Usage: fsdp_worker.py POLICY_DIR REFERENCE_DIR OUT_DIR. One launch checks several things: five FSDP steps
-(``fsdp_scenario``) with a sharded checkpoint after the third; a second backend in the same processes loads that
-checkpoint and takes steps 4 and 5 again; both export the policy as an HF directory; score() with unequal row
-counts. Rank 0 writes ``result.json``.
+Usage: fsdp_worker.py POLICY_DIR REFERENCE_DIR OUT_DIR PARALLEL (``fsdp`` or ``ddp``). One launch checks several
+things: five steps of ``fsdp_scenario`` with a checkpoint after the third; a second backend in the same processes
+loads that checkpoint and takes steps 4 and 5 again; both export the policy as an HF directory; score() with
+unequal row counts. Rank 0 writes ``result.json``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,22 @@ import torch
 from fsdp_scenario import STEPS, backend, rollouts, train
 
 
+def is_shard(p: torch.Tensor) -> bool:
+    """Whether ``p`` is a DTensor (a shard)."""
+    return hasattr(p, "to_local")
+
+
 def main() -> None:
     policy, reference, out = (Path(a) for a in sys.argv[1:4])
-    b = backend(policy, reference, parallel="fsdp")
+    parallel = sys.argv[4]
+    b = backend(policy, reference, parallel=parallel)
     rank, world = b.rank, b.world_size
     local = {
-        f"{who}.{name}": (type(p).__name__, tuple(p.shape), tuple(p.to_local().shape))
+        f"{who}.{name}": (
+            type(p).__name__,
+            tuple(p.shape),
+            tuple(p.to_local().shape if is_shard(p) else p.shape),
+        )
         for who, model in (("policy", b.policy), ("reference", b.references[0]))
         for name, p in list(model.named_parameters())[:2]
     }
@@ -33,7 +43,7 @@ def main() -> None:
     mine = tokens.select(slice(0, 3) if rank == 0 else slice(3, 4))  # unequal score() passes per rank
     scored = b.score(mine, entropy=True, ref_logp=True)
 
-    resumed = backend(policy, reference, parallel="fsdp")
+    resumed = backend(policy, reference, parallel=parallel)
     resumed.load_checkpoint(out / "ckpt")
     again = train(resumed, tokens, (rank,), 1.0, range(3, STEPS))
     resumed.save_pretrained(out / "model_resumed")

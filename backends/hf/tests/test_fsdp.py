@@ -1,6 +1,6 @@
-"""FSDP2 on CPU (gloo): two ranks under torchrun take the steps of one process on the union of their rows.
+"""FSDP2 and DDP on CPU (gloo): two ranks under torchrun take the steps of one process on the union of their rows.
 
-One torchrun launch (fsdp_worker.py) runs the whole scenario; the test replays it in one process with the
+One torchrun launch per mode (fsdp_worker.py) runs the whole scenario; the test replays it in one process with the
 replicated backend and compares.
 """
 
@@ -20,11 +20,11 @@ from fsdp_scenario import STEPS, backend, rollouts, train
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def launched(model_dirs, tmp_path_factory):
-    """The worker's output directory after one 2-process launch."""
+@pytest.fixture(scope="module", params=["fsdp", "ddp"])
+def launched(request, model_dirs, tmp_path_factory):
+    """``backend.parallel`` (the param) and the worker's output directory after one 2-process launch."""
     here = Path(__file__).parent
-    out = tmp_path_factory.mktemp("fsdp")
+    out = tmp_path_factory.mktemp(request.param)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -33,10 +33,11 @@ def launched(model_dirs, tmp_path_factory):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(here / "fsdp_worker.py"), str(model_dirs["policy"]), str(model_dirs["reference"]), str(out),
+        request.param,
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    return out
+    return request.param, out
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +49,15 @@ def single(model_dirs):
     return b, tokens, reports
 
 
-def test_two_fsdp_ranks_equal_one_process(launched, single):
+def test_two_ranks_equal_one_process(launched, single):
     """Five steps of logit averaging with two optimiser states, a KL term, unequal chunk counts and an empty group
-    on one rank: the losses and both states' gradient norms match one process within 1e-5, and the exported
-    weights (an ordinary HF directory that transformers loads) match its parameters within 1e-5."""
+    on one rank (padding passes): the losses and both states' gradient norms match one process within 1e-5, and
+    the exported weights (an ordinary HF directory that transformers loads) match its parameters within 1e-5."""
+    _, launched = launched
     b, tokens, reports = single
     result = json.loads((launched / "result.json").read_text())
     assert result["world_size"] == 2
-    assert (
-        result["tokens"] == tokens.input_ids.tolist()
-    )  # sampled from gathered full weights: the same rollouts
+    assert result["tokens"] == tokens.input_ids.tolist()  # FSDP samples from gathered full weights
     assert len(result["reports"]) == STEPS
     for got, want in zip(result["reports"], reports, strict=True):
         assert not got["skipped"]
@@ -71,31 +71,35 @@ def test_two_fsdp_ranks_equal_one_process(launched, single):
 
 
 def test_parameters_and_references_are_sharded(launched):
-    """Each rank holds half of every policy and reference parameter (a DTensor shard along dim 0)."""
+    """FSDP: each rank holds half of every policy and reference parameter (a DTensor shard along dim 0); DDP: the
+    whole tensors."""
+    parallel, launched = launched
     local = json.loads((launched / "result.json").read_text())["local"]
     assert {k.split(".")[0] for k in local} == {"policy", "reference"}
     for name, (kind, full, shard) in local.items():
+        if parallel == "ddp":
+            assert kind == "Parameter" and shard == full, name
+            continue
         assert kind == "DTensor", name
         assert shard[0] == (full[0] + 1) // 2 and shard[1:] == full[1:], name
 
 
-def test_sharded_checkpoint_resumes_exactly(launched):
-    """The checkpoint is one DCP directory (a shard file per rank, rank 0's metadata) plus each rank's RNG; a new
-    backend that loads it takes steps 4 and 5 exactly as the uninterrupted run did, and exports the same model."""
+def test_checkpoint_resumes_exactly(launched):
+    """Under FSDP the checkpoint is one DCP directory (a shard file per rank, rank 0's metadata) plus each rank's
+    RNG (DDP: whole model and optimiser files); a new backend that loads it takes steps 4 and 5 exactly as the
+    uninterrupted run did, and exports the same model."""
+    parallel, launched = launched
     ckpt = launched / "ckpt"
-    assert sorted(p.name for p in ckpt.iterdir()) == [
-        "backend.json",
-        "rng_rank0.pt",
-        "rng_rank1.pt",
-        "sharded",
-    ]
-    assert sorted(p.name for p in (ckpt / "sharded").iterdir()) == [
-        ".metadata",
-        "__0_0.distcp",
-        "__1_0.distcp",
-    ]
+    rng = ["rng_rank0.pt", "rng_rank1.pt"]
+    if parallel == "fsdp":
+        assert sorted(p.name for p in ckpt.iterdir()) == ["backend.json", *rng, "sharded"]
+        shards = sorted(p.name for p in (ckpt / "sharded").iterdir())
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    else:
+        files = ["backend.json", "model.pt", "optimizer_0.pt", "optimizer_1.pt", *rng]
+        assert sorted(p.name for p in ckpt.iterdir()) == files
     info = json.loads((ckpt / "backend.json").read_text())
-    assert info["sharded"] is True and info["optimizer_states"] == 2
+    assert info["sharded"] is (parallel == "fsdp") and info["optimizer_states"] == 2
     result = json.loads((launched / "result.json").read_text())
     assert result["resumed"] == result["reports"][3:]
     a = transformers.AutoModelForCausalLM.from_pretrained(launched / "model").state_dict()
@@ -103,8 +107,9 @@ def test_sharded_checkpoint_resumes_exactly(launched):
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_sharded_score_with_unequal_passes(launched, single):
+def test_score_with_unequal_passes(launched, single):
     """score() on 3 rows (rank 0) and 1 row (rank 1) equals one process's scores of the 4 rows, after training."""
+    _, launched = launched
     b, tokens, _ = single
     got = torch.load(launched / "scored.pt")
     want = b.score(tokens, entropy=True, ref_logp=True)
