@@ -41,4 +41,6 @@ def test_field_is_in_components_backends(field: str) -> None:
     text = (DOCS / "components" / "backends.md").read_text(encoding="utf-8")
     shared = {f.name for f in attrs.fields(BackendSettings)}
     heading = "## Shared settings" if field in shared else "## megatron"
-    assert field in table_fields(section(text, heading)), f"{field} missing from components/backends.md {heading}"
+    assert field in table_fields(section(text, heading)), (
+        f"{field} missing from components/backends.md {heading}"
+    )
