@@ -11,8 +11,10 @@ from lmix_core.testing.backend import check_backend
 from lmix_hf.backend import HFBackend
 
 
-def test_hf_backend_passes_the_contract(model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    """Generate, score, train, export and checkpoint the tiny Qwen2 policy (a second model as the reference)."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_hf_backend_passes_the_contract(model_dirs: dict[str, Path], tmp_path: Path, parallel: str) -> None:
+    """Generate, score, train, export and checkpoint the tiny Qwen2 policy (a second model as the reference);
+    replicated, and sharded by FSDP2 in a one-rank group."""
 
     def factory(context: BackendContext) -> HFBackend:
         config = HFBackend.Config(
@@ -21,6 +23,7 @@ def test_hf_backend_passes_the_contract(model_dirs: dict[str, Path], tmp_path: P
             device="cpu",
             lr=1e-3,
             micro_batch_size=2,
+            parallel=parallel,
         )
         return HFBackend(config, context)
 
