@@ -48,8 +48,8 @@ def overrides(inputs: dict[str, Path], backend: dict[str, Any]) -> list[str]:
         "train.steps=2",
         "train.prompts_per_step=1",
         "train.group_size=4",
-        "sampling.max_new_tokens=8",
-        "eval.max_examples=4",
+        "sampling.max_new_tokens=6",
+        "eval.max_examples=2",
         'logging.wandb="disabled"',
         "logging.progress=false",
     ]

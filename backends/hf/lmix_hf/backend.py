@@ -140,6 +140,7 @@ class HFBackend(TrainerBackend):
             device=config.device,
             timeout_s=config.distributed_timeout_s,
             group_of_one=config.parallel == "fsdp",
+            cpu_collectives=config.fsdp_offload,
         )
         torch.manual_seed(context.seed + self._topology.rank)
         device = self._topology.device

@@ -42,13 +42,17 @@ class Topology:
         return self.world_size > 1
 
 
-def setup(*, device: str, timeout_s: float, group_of_one: bool = False) -> Topology:
+def setup(
+    *, device: str, timeout_s: float, group_of_one: bool = False, cpu_collectives: bool = False
+) -> Topology:
     """Read ``torchrun``'s environment, pick the device and join (or create) the process group.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         timeout_s: collective timeout in seconds.
         group_of_one: create a one-process group when not under torchrun (FSDP needs a group).
+        cpu_collectives: on CUDA, also give the group a gloo backend for CPU tensors (``cpu:gloo,cuda:nccl``):
+            FSDP's CPU offload keeps gradient shards in host memory, and clipping all-reduces their norms there.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -67,7 +71,7 @@ def setup(*, device: str, timeout_s: float, group_of_one: bool = False) -> Topol
     if not dist.is_initialized():
         alone = {} if "MASTER_ADDR" in os.environ else {"store": dist.HashStore(), "rank": 0, "world_size": 1}
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend=("cpu:gloo,cuda:nccl" if cpu_collectives else "nccl") if use_cuda else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
             **({"device_id": dev} if use_cuda else {}),
             **alone,
