@@ -37,6 +37,7 @@ accumulate in fp32 (float64 inputs keep float64 throughout).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -185,10 +186,10 @@ def plain_token_stats(
     logp = logq.gather(-1, targets[:, None]).squeeze(-1)  # [N]
     if not entropy:
         return MixedTokenStats(logp, None)
-    finite = torch.isfinite(logq)  # [N, V]
-    if not bool(finite.all()):  # −inf logits: π = 0 there, and 0·(−inf) must count as 0
-        return MixedTokenStats(logp, -(logq.exp() * logq.masked_fill(~finite, 0.0)).sum(-1))
-    return MixedTokenStats(logp, -(logq.exp() * logq).sum(-1))
+    ent = -(logq.exp() * logq).sum(-1)  # [N]
+    if not bool(torch.isfinite(ent).all()):  # −inf logits: π = 0 there, and 0·(−inf) must count as 0
+        ent = -(logq.exp() * logq.masked_fill(logq == -math.inf, 0.0)).sum(-1)  # [N]
+    return MixedTokenStats(logp, ent)
 
 
 def reference_token_stats(

@@ -21,11 +21,21 @@ SLOTS += [("rollout_engine", n) for n in rollout_engines.names()]
 
 
 @pytest.mark.parametrize(("slot", "name"), SLOTS, ids=[f"{s}-{n}" for s, n in SLOTS])
-def test_two_steps_train_and_write_the_run_directory(slot, name, tiny_run_inputs, tmp_path):
-    """Two steps run, metrics.jsonl has one finite line per step, the final model and summary are written."""
+def test_two_steps_train_and_write_the_run_directory(slot, name, tiny_run_inputs, tmp_path, monkeypatch):
+    """Two steps run, metrics.jsonl has one finite line per step, the final model and summary are written; every
+    combiner's training forward went through the shared-prompt path (the HF backend's default)."""
+    import lmix_hf.token_stats
+
+    shared = []
+    original = lmix_hf.token_stats.shared_hidden
+    monkeypatch.setattr(
+        lmix_hf.token_stats, "shared_hidden", lambda *a, **k: shared.append(1) or original(*a, **k)
+    )
     recipe = write_recipe(tmp_path / "r.toml", tiny_run_inputs, f'[{slot}]\ntype = "{name}"\n')
     out = tmp_path / "run"
     summary = train(load_recipe(recipe), out, quiet=True)
+    if slot == "combiner":
+        assert shared, "the shared-prompt training forward did not run"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [0, 1]
     for r in lines:
