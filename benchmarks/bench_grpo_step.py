@@ -56,6 +56,15 @@ WORKLOADS = {"reference": (6, 32), "prompt-heavy": (256, 128)}  # (prompt tokens
 TRAINERS = ("lmix", "lmix_unshared", "floor", "trl")
 
 
+#: The timer: wall time (``--clock wall``) or the process's CPU time (``--clock cpu``).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = [time.perf_counter]
+
+
+def clock() -> float:
+    return _clock[0]()
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -98,6 +107,7 @@ def reward(completions, **kwargs):  # noqa: ANN001, ANN201 - TRL's reward-functi
 def bench_trl(model_dir: Path, prompts: list[str], new: int, steps: int, device: str) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -108,11 +118,11 @@ def bench_trl(model_dir: Path, prompts: list[str], new: int, steps: int, device:
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
             sync(device)
-            self.t = time.perf_counter()
+            self.t = clock()
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
             sync(device)
-            times.append(time.perf_counter() - self.t)
+            times.append(clock() - self.t)
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN201
             if logs and "completions/mean_length" in logs:
@@ -147,6 +157,7 @@ def bench_trl(model_dir: Path, prompts: list[str], new: int, steps: int, device:
             train_dataset=data,
             callbacks=[Timer()],
         )
+        trainer.remove_callback(PrinterCallback)  # logging_steps=1 feeds the Timer's lengths, not stdout
         trainer.train()
     return {"step": times, "completion_tokens": statistics.mean(lengths) if lengths else float("nan")}
 
@@ -155,14 +166,14 @@ def bench_trl(model_dir: Path, prompts: list[str], new: int, steps: int, device:
 class _Parts:
     """Times the backend's calls inside the loop (a benchmark-only wrapper around the class's methods)."""
 
-    NAMES = {"generate": "sampling", "score": "scoring", "train_step": "train"}
+    NAMES = {"generate": "sampling", "score": "scoring", "train_step": "train", "step": "step"}
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.calls: list[tuple[str, float]] = []
 
-    def wrap(self, cls: type) -> dict[str, Callable]:
-        originals = {name: getattr(cls, name) for name in self.NAMES}
+    def wrap(self, cls: type, names: tuple[str, ...]) -> dict[str, Callable]:
+        originals = {name: getattr(cls, name) for name in names}
         for name, fn in originals.items():
             setattr(cls, name, self._timed(self.NAMES[name], fn))
         return originals
@@ -171,10 +182,10 @@ class _Parts:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             sync(self.device)
-            t = time.perf_counter()
+            t = clock()
             out = fn(*args, **kwargs)
             sync(self.device)
-            self.calls.append((part, time.perf_counter() - t))
+            self.calls.append((part, clock() - t))
             return out
 
         return timed
@@ -184,6 +195,7 @@ def bench_lmix(
     model_dir: Path, prompts: list[str], new: int, steps: int, device: str, root: Path, shared: str
 ) -> dict[str, Any]:
     from lmix_core.recipe import load_recipe
+    from lmix_core.train.loop import Trainer
     from lmix_core.train.run import train
     from lmix_hf.backend import HFBackend
 
@@ -228,23 +240,31 @@ progress = false
     )
     out = root / f"run-{shared}-{time.monotonic_ns()}"
     parts = _Parts(device)
-    originals = parts.wrap(HFBackend)
+    wrapped = [
+        (HFBackend, parts.wrap(HFBackend, ("generate", "score", "train_step"))),
+        (Trainer, parts.wrap(Trainer, ("step",))),
+    ]
     try:
         train(load_recipe(recipe), out, quiet=True)
     finally:
-        for name, fn in originals.items():
-            setattr(HFBackend, name, fn)
+        for cls, originals in wrapped:
+            for name, fn in originals.items():
+                setattr(cls, name, fn)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # the loop calls generate once and train_step once per step (score: never here); split the calls by step
-    per_step: list[dict[str, float]] = [{} for _ in records]
-    i = -1
+    # the calls of one loop step come before that step's own entry (the Trainer.step wrapper returns last)
+    per_step: list[dict[str, float]] = []
+    current: dict[str, float] = {}
     for part, t in parts.calls:
-        i += part == "sampling"
-        per_step[max(i, 0)][part] = per_step[max(i, 0)].get(part, 0.0) + t
-    result: dict[str, Any] = {"step": [r["step_time_s"] for r in records]}
+        current[part] = current.get(part, 0.0) + t
+        if part == "step":
+            per_step.append(current)
+            current = {}
+    result: dict[str, Any] = {"step": [s["step"] for s in per_step]}
     for part in ("sampling", "scoring", "train"):
         result[part] = [s.get(part, 0.0) for s in per_step]
-    result["other"] = [r - sum(s.values()) for r, s in zip(result["step"], per_step, strict=True)]
+    result["other"] = [
+        s["step"] - s.get("sampling", 0.0) - s.get("scoring", 0.0) - s.get("train", 0.0) for s in per_step
+    ]
     result["completion_tokens"] = statistics.mean(r["tokens"] for r in records) / (PROMPTS * GROUP)
     return result
 
@@ -263,7 +283,7 @@ def bench_floor(model_dir: Path, prompt_len: int, new: int, steps: int, device: 
     train, decode = [], []
     for _ in range(steps):
         sync(device)
-        t = time.perf_counter()
+        t = clock()
         model.train()
         logits = model(input_ids=ids).logits[:, prompt_len - 1 : -1]  # [N, M, V]
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)  # [N, M]
@@ -272,17 +292,17 @@ def bench_floor(model_dir: Path, prompt_len: int, new: int, steps: int, device: 
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
-        train.append(time.perf_counter() - t)
+        train.append(clock() - t)
 
         model.eval()
-        t = time.perf_counter()
+        t = clock()
         with torch.no_grad():
             cache = DynamicCache(config=model.config)
             model(input_ids=ids[:, :prompt_len], cache=cache, use_cache=True)
             for j in range(prompt_len, prompt_len + new):
                 model(input_ids=ids[:, j : j + 1], cache=cache, use_cache=True)
         sync(device)
-        decode.append(time.perf_counter() - t)
+        decode.append(clock() - t)
     return {"floor_train": train, "floor_decode": decode, "step": [a + b for a, b in zip(train, decode)]}
 
 
@@ -339,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU only; 0: torch's default)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--which", choices=["all", *TRAINERS], default="all")
+    ap.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="wall time, or the process's CPU time (CPU only: a diagnostic on a loaded machine; it leaves out the "
+        "reward pool's worker processes)",
+    )
     args = ap.parse_args(argv)
+    _clock[0] = CLOCKS[args.clock]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available", file=sys.stderr)
         return 2
@@ -355,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads() if args.device == "cpu" else None,
         "parameters": n_params,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "clock": args.clock,
         "rounds": args.rounds,
         "steps": args.steps,
     }
