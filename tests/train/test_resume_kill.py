@@ -144,13 +144,13 @@ def _checkpointed(run: Path) -> int:
     return 0 if found is None else int(found.name[5:11])
 
 
-def _resolve(kill: tuple, run: Path, start_up: float) -> tuple:
+def _resolve(kill: tuple, run: Path) -> tuple:
     """A planned kill with relative steps made absolute from the run's newest checkpoint ``c``: ``("save", "next",
-    n)`` is the write of checkpoint ``c + 1``, ``("eval", "next")`` the next evaluation after ``c``. A kill that can
-    no longer happen (every step is done) becomes a timer in start-up."""
+    n)`` is the write of checkpoint ``c + 1``, ``("eval", "next")`` the next evaluation after ``c``. Once every step
+    is checkpointed, the kills that need a step to come (or a timer, which could outlast the rest) kill the export."""
     c = _checkpointed(run)
-    if c == STEPS and kill[0] in ("save", "line"):
-        return ("timer", start_up * 0.5)
+    if c == STEPS and kill[0] in ("save", "line", "timer"):
+        return ("export",)
     if kill[:2] == ("save", "next"):
         return ("save", c + 1, kill[2])
     if kill == ("eval", "next"):
@@ -197,19 +197,23 @@ def test_sigkill_anywhere_then_resume_equals_the_uninterrupted_run(tiny_run_inpu
     ]
     landed = []
     for plan in planned:
-        kill = _resolve(plan, run, first_step)
+        kill = _resolve(plan, run)
         metrics = run / "metrics.jsonl"
         c, stamp = _checkpointed(run), (metrics.stat().st_mtime_ns if metrics.exists() else 0)
         proc = _start(forked, recipe, run, () if kill[0] in ("timer", "line") else kill)
-        if kill[0] == "timer":
-            proc.join(kill[1])
-        if kill[0] == "line":
-            # a line this attempt wrote: the file changed (the resume first cuts it back to c lines) and has more
+        if kill[0] in ("timer", "line"):
+            # "line" waits for a line this attempt wrote (the file changed: the resume first cuts it back to c lines,
+            # and has more), then kill[1] seconds; "timer" kills after kill[1] seconds or at that line, whichever
+            # comes first, so that a faster attempt than the reference cannot finish the run before its kill
+            t_start = time.perf_counter()
             while proc.is_alive():
+                if kill[0] == "timer" and time.perf_counter() - t_start >= kill[1]:
+                    break
                 if metrics.exists() and metrics.stat().st_mtime_ns != stamp and len(_lines(metrics)) > c:
                     break
                 proc.join(0.01)
-            proc.join(kill[1])
+            if kill[0] == "line":
+                proc.join(kill[1])
         if kill[0] in ("timer", "line") and proc.is_alive():
             proc.kill()
         proc.join(300)
