@@ -59,7 +59,8 @@ def inject(at: int | None, mode: str = "raise") -> Iterator[list[str]]:
             if depth[0] or (writes_only and not _is_write(args, kwargs)):
                 return fn(*args, **kwargs)
             n = len(seen) + 1
-            seen.append(f"{n} {name} {Path(str(args[0])).name if args else ''}")
+            where = _target(name, args) if name == "torch.save" else (str(args[0]) if args else "")
+            seen.append(f"{n} {name} {Path(where).name}")
             if n == at and mode == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if n == at and mode == "raise":
