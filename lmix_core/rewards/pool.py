@@ -29,6 +29,13 @@ Workers start from a ``forkserver`` by default, so the training process (CUDA, m
 with every ``spawn``/``forkserver`` use of :mod:`multiprocessing`, the main script is imported (as ``__mp_main__``)
 by each worker: keep a training script's work under ``if __name__ == "__main__":``.
 
+Signals: workers ignore SIGINT and SIGTERM, and so does the fork server (:mod:`lmix_core.rewards.fork_server`), so
+that a Ctrl-C, or a scheduler that sends SIGTERM to every process of a job, leaves scoring to finish while the
+training process ends its step and writes a checkpoint (:mod:`lmix_core.train.stop`). Workers never outlive the
+process that started the pool, however it died (SIGKILL included): each watches that process's sentinel from a
+thread and exits when it closes (and asks Linux for SIGKILL when its own parent dies); the fork server then exits
+too.
+
 Usage::
 
     with RewardPool(timeout_s=1.0) as pool:          # start-up paid once, reused every step
@@ -73,6 +80,8 @@ StartMethod = Literal["forkserver", "spawn", "fork"]
 
 #: Modules the fork server imports once, so that every (re)started worker has them already.
 DEFAULT_PRELOAD = ("lmix_core.rewards.pool", "lmix_core.rewards.math", "math_verify")
+#: Always preloaded first: makes the fork server ignore SIGTERM (see that module).
+FORK_SERVER_MODULE = "lmix_core.rewards.fork_server"
 #: How long a worker may take to start and load its verifiers before it judges the first sample of a chunk.
 STARTUP_LIMIT_S = 60.0
 #: Per-sample CPU-time limit by default: with the wall-time cap below, no sample costs more than about 1.5 s of wall
@@ -146,7 +155,16 @@ def _checked(verdict: object) -> Verdict:
 
 # -- worker side ---------------------------------------------------------------------------------------------
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent process goes away (best effort)."""
+    """Make sure this worker dies with the process that started the pool, however that process ends.
+
+    Two guards, because the worker's parent is that process only under ``spawn`` and ``fork``:
+
+    * ``PR_SET_PDEATHSIG``: Linux sends SIGKILL when the parent dies (under ``forkserver`` the parent is the fork
+      server);
+    * a thread that waits on that process's sentinel (a pipe end that closes when it dies) and ends the worker. This
+      is what works under ``forkserver``: the fork server exits only once every process holding its "alive" pipe
+      has gone, and its children hold one, so it does not exit first.
+    """
     try:
         import ctypes
 
@@ -154,6 +172,16 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # pragma: no cover - not Linux
         pass
+    creator = mp.parent_process()
+    if creator is not None:
+        threading.Thread(
+            target=_exit_when_gone, args=(creator.sentinel,), daemon=True, name="lmix-parent-watch"
+        ).start()
+
+
+def _exit_when_gone(sentinel: int) -> None:
+    mpc.wait([sentinel])
+    os._exit(1)
 
 
 def _worker_main(conn: mpc.Connection) -> None:
@@ -163,7 +191,10 @@ def _worker_main(conn: mpc.Connection) -> None:
     Messages out: ``("tick", clock)`` when a chunk starts, ``("done", task, score, reason, clock)`` after each
     sample, where ``clock`` is :func:`_clock` read in this process at that moment.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    # Ctrl-C, and a SIGTERM sent to every process of the job, are the parent's business: it finishes its step
+    # (scoring included) before it stops, and its workers die with it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     verifiers: dict[int, RewardVerifier | str] = {}
     while True:
@@ -354,7 +385,9 @@ class RewardPool:
         self.timeout_s = float(timeout_s)
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(list(preload))
+            self._ctx.set_forkserver_preload(
+                [FORK_SERVER_MODULE, *(m for m in preload if m != FORK_SERVER_MODULE)]
+            )
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._keys: dict[bytes, int] = {}
