@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmix_core.errors import LmixError
+from lmix_core.errors import CheckpointError, LmixError
 
 PANELS = (
     ("reward_mean", "reward"),
@@ -18,9 +19,38 @@ PANELS = (
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a per-step jsonl log (``[]`` when the file does not exist).
+
+    A last line cut short (the run was killed while writing it) is skipped, with a one-line note on stderr, as
+    ``lmix run --resume`` drops it; any other line that is not a JSON object with an integer ``step`` raises.
+
+    Raises:
+        CheckpointError: a line other than the last is unreadable; the message names the file and the line.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            if i == last:
+                print(f"lmix plot: {path}: skipped its last line, cut short ({exc})", file=sys.stderr)
+                break
+            raise CheckpointError(
+                f"cannot read {str(path)!r}: line {i + 1} is not valid JSON ({exc})"
+            ) from None
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
+            raise CheckpointError(
+                f"cannot read {str(path)!r}: line {i + 1} is not a JSON object with an integer 'step' "
+                f"(got {line.strip()!r:.80})"
+            )
+        rows.append(row)
+    return rows
 
 
 def load_run(run_dir: Path) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:

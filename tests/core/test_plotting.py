@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmix_core.errors import LmixError
+from lmix_core.errors import CheckpointError, LmixError
 from lmix_core.plotting import load_run, plot_runs, step_offsets
 
 
@@ -38,3 +38,38 @@ def test_plot_writes_a_png_and_rejects_a_folder_without_metrics(tmp_path: Path) 
     (tmp_path / "empty").mkdir()
     with pytest.raises(LmixError, match="has no metrics.jsonl"):
         plot_runs([tmp_path / "empty"], tmp_path / "x.png")
+
+
+def test_a_last_line_cut_by_a_kill_is_skipped_with_a_note(tmp_path: Path, capsys) -> None:
+    """metrics.jsonl whose last line was cut mid-write: the complete rows load, one note names the file."""
+    d = _run(tmp_path, "killed", 3, [(2, 0.5)])
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.2')
+    with open(d / "eval.jsonl", "a") as f:
+        f.write('{"step": 3, "pass@1"')
+    _, metrics, evals = load_run(d)
+    assert [r["step"] for r in metrics] == [0, 1, 2] and evals == [{"step": 2, "pass@1": 0.5}]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "metrics.jsonl: skipped its last line, cut short" in err[0]
+    assert "eval.jsonl: skipped its last line" in err[1]
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [("{not json", "is not valid JSON"), ('{"loss": 1.0}', "is not a JSON object with an integer 'step'")],
+)
+def test_a_corrupt_line_before_the_last_names_file_and_line(
+    tmp_path: Path, capsys, line: str, what: str
+) -> None:
+    """A bad line 2 of 3 is not a cut-off write: `lmix plot` exits 1 with the file and line, no traceback."""
+    from lmix_core.cli import main
+
+    d = _run(tmp_path, "bad", 3, [])
+    rows = (d / "metrics.jsonl").read_text().splitlines()
+    (d / "metrics.jsonl").write_text("\n".join([rows[0], line, rows[2]]) + "\n")
+    with pytest.raises(CheckpointError, match=rf"metrics.jsonl'.*line 2 {what}"):
+        load_run(d)
+    assert main(["plot", str(d), "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert "line 2" in err and "metrics.jsonl" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
