@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from lmix_core.registry import Kind, Registry
+
+if TYPE_CHECKING:  # annotations only: the interfaces import torch, which listing components must not
+    from lmix_core.interfaces import (
+        AdvantageEstimator,
+        Mixer,
+        PolicyCombiner,
+        PolicyLoss,
+        RewardVerifier,
+        RolloutEngine,
+        TrainerBackend,
+    )
 
 COMBINER = Kind("combiner", "lmix.combiners", "lmix_core.interfaces.combiner:PolicyCombiner")
 ADVANTAGE = Kind("advantage", "lmix.advantages", "lmix_core.interfaces.advantage:AdvantageEstimator")
@@ -18,15 +31,15 @@ KINDS: dict[str, Kind] = {
     k.name: k for k in (COMBINER, ADVANTAGE, LOSS, MIXER, REWARD, BACKEND, ROLLOUT_ENGINE)
 }
 
-combiners: Registry = Registry(COMBINER)
-advantages: Registry = Registry(ADVANTAGE)
-losses: Registry = Registry(LOSS)
-mixers: Registry = Registry(MIXER)
-rewards: Registry = Registry(REWARD)
-backends: Registry = Registry(BACKEND)
-rollout_engines: Registry = Registry(ROLLOUT_ENGINE)
+combiners: Registry[PolicyCombiner] = Registry(COMBINER)
+advantages: Registry[AdvantageEstimator] = Registry(ADVANTAGE)
+losses: Registry[PolicyLoss] = Registry(LOSS)
+mixers: Registry[Mixer] = Registry(MIXER)
+rewards: Registry[RewardVerifier] = Registry(REWARD)
+backends: Registry[TrainerBackend] = Registry(BACKEND)
+rollout_engines: Registry[RolloutEngine] = Registry(ROLLOUT_ENGINE)
 
-REGISTRIES: dict[str, Registry] = {
+REGISTRIES: dict[str, Registry[Any]] = {
     "combiner": combiners,
     "advantage": advantages,
     "loss": losses,

@@ -107,6 +107,8 @@ class BNPO(AdvantageEstimator):
                     f"reward_max={self.reward_max!r})"
                 )
 
+    config: Config
+
     @property
     def invariances(self) -> frozenset[Invariance]:
         """None: the reward range is fixed by the Config."""

@@ -38,6 +38,8 @@ class DrGRPO(AdvantageEstimator):
 
         singleton: Singleton = singleton_field("raw")
 
+    config: Config
+
     @property
     def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards: ``shift``."""

@@ -58,6 +58,8 @@ class GRPO(AdvantageEstimator):
         )
         singleton: Singleton = singleton_field("raw")
 
+    config: Config
+
     @property
     def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards (read by the contract suite):

@@ -46,6 +46,8 @@ class OPO(AdvantageEstimator):
 
         singleton: Singleton = singleton_field("raw")
 
+    config: Config
+
     @property
     def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards: ``shift``."""

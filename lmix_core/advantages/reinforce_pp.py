@@ -61,6 +61,8 @@ class ReinforcePP(AdvantageEstimator):
         eps: float = attrs.field(default=1e-8, validator=attrs.validators.gt(0.0))
         singleton: Singleton = singleton_field("raw")
 
+    config: Config
+
     @property
     def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards (up to eps)."""

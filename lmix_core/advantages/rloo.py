@@ -38,6 +38,8 @@ class RLOO(AdvantageEstimator):
 
         singleton: Singleton = singleton_field("zero")
 
+    config: Config
+
     @property
     def invariances(self) -> frozenset[Invariance]:
         """Reward maps that leave the output unchanged on groups of >= 2 valid rewards: ``shift``."""

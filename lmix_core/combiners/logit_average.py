@@ -51,6 +51,8 @@ class LogitAverage(PolicyCombiner):
         alpha: float = attrs.field(default=0.5, validator=[v.ge(0.0), v.le(1.0)])
         deploy: Distribution = deploy_field()
 
+    config: Config
+
     @property
     def deploy(self) -> Distribution:
         """Where evaluation samples from (``Config.deploy``)."""

@@ -27,6 +27,8 @@ class Policy(PolicyCombiner):
     class Config:
         """No parameters."""
 
+    config: Config
+
     @property
     def deploy(self) -> Distribution:
         """Where evaluation samples from: the policy (the same as the combined distribution here)."""

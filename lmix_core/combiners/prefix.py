@@ -89,6 +89,8 @@ class Prefix(PolicyCombiner):
             default="batch", validator=v.in_(("batch", "sequence"))
         )
 
+    config: Config
+
     @property
     def deploy(self) -> Distribution:
         """Where evaluation samples from: the policy (there is no reference to combine with)."""

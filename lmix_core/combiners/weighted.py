@@ -78,6 +78,8 @@ class Weighted(PolicyCombiner):
         )
         deploy: Distribution = deploy_field()
 
+    config: Config
+
     @property
     def deploy(self) -> Distribution:
         """Where evaluation samples from (``Config.deploy``)."""

@@ -29,9 +29,20 @@ from lmix_core.types import (
 class Objective(Protocol):
     """The loss a backend differentiates, one micro-batch at a time (built by the loop)."""
 
-    needs_entropy: bool
-    needs_ref_logp: bool
-    temperature: float
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether the backend computes the per-token entropy of the trained distribution (with gradient)."""
+        ...
+
+    @property
+    def needs_ref_logp(self) -> bool:
+        """Whether the backend computes the first reference's per-token log-probs."""
+        ...
+
+    @property
+    def temperature(self) -> float:
+        """The sampling temperature the log-probs are taken at."""
+        ...
 
     def __call__(self, stats: TokenStats, batch: MicroBatch, /) -> LossOutput: ...
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import TYPE_CHECKING
 
 from lmix_core.interfaces.base import Component
 from lmix_core.types import LossInputs, LossOutput
+
+if TYPE_CHECKING:  # annotations only: this module imports no torch
+    from torch import Tensor
+
+    from lmix_core.ops.aggregation import StepCounts
 
 
 class PolicyLoss(Component):
@@ -30,7 +36,7 @@ class PolicyLoss(Component):
         return False
 
     @abstractmethod
-    def token_weights(self, mask, /, *, max_len: int, counts=None):  # noqa: ANN001, ANN201 - Tensor in, Tensor out
+    def token_weights(self, mask: Tensor, /, *, max_len: int, counts: StepCounts | None = None) -> Tensor:
         """Aggregation weights for a whole step's RL rows.
 
         Args:

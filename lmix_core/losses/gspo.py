@@ -88,6 +88,8 @@ class GSPO(PolicyLoss):
         agg: AggMode = attrs.field(default="seq-mean-token-mean", validator=attrs.validators.in_(AGG_MODES))
         agg_rows: AggRows = attrs.field(default="nonempty", validator=attrs.validators.in_(AGG_ROWS))
 
+    config: Config
+
     @property
     def needs_ref_logp(self) -> bool:
         return self.config.kl_coef > 0

@@ -66,6 +66,8 @@ class PG(PolicyLoss):
         agg: AggMode = attrs.field(default="token-mean", validator=attrs.validators.in_(AGG_MODES))
         agg_rows: AggRows = attrs.field(default="nonempty", validator=attrs.validators.in_(AGG_ROWS))
 
+    config: Config
+
     @property
     def needs_ref_logp(self) -> bool:
         return self.config.kl_coef > 0

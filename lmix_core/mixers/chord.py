@@ -58,6 +58,8 @@ class Chord(Mixer):
             default="none", validator=v.in_(("none", "phi"))
         )
 
+    config: Config
+
     def mu(self, step: int) -> float:
         """μ at ``step``."""
         c = self.config

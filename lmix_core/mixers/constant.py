@@ -30,6 +30,8 @@ class Constant(Mixer):
 
         mu: float = attrs.field(default=0.1, validator=[v.ge(0.0), v.le(1.0)])
 
+    config: Config
+
     def plan(self, step: int) -> StepPlan:
         mu = self.config.mu
         return StepPlan(rollouts=mu < 1.0, sft=mu > 0.0)

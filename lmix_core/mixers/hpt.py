@@ -50,6 +50,8 @@ class HPT(Mixer):
         soft_temperature: float = attrs.field(default=0.5, validator=v.gt(0.0))
         sft_coef: float = attrs.field(default=1.0, validator=v.ge(0.0))
 
+    config: Config
+
     def plan(self, step: int) -> StepPlan:
         never_sft = self.config.mode == "switch" and self.config.switch_gate < 0
         return StepPlan(rollouts=True, sft=not never_sft)

@@ -44,6 +44,8 @@ class ParallelAverage(Mixer):
 
         rl_weight: float = attrs.field(default=0.5, validator=[v.ge(0.0), v.le(1.0)])
 
+    config: Config
+
     @property
     def update_weights(self) -> tuple[float, ...]:
         """``(w, 1 − w)``: weights of the RL (state 0) and SFT (state 1) updates."""

@@ -48,6 +48,8 @@ class ReLIFT(Mixer):
             default="separate", validator=v.in_(("separate", "joint"))
         )
 
+    config: Config
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._buffer: list[int] = []

@@ -22,6 +22,8 @@ class RL(Mixer):
     class Config:
         """No parameters."""
 
+    config: Config
+
     def plan(self, step: int) -> StepPlan:
         return StepPlan(rollouts=True, sft=False)
 

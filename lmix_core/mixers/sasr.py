@@ -70,6 +70,8 @@ class SASR(Mixer):
         divergence_coef: float = attrs.field(default=0.0, validator=v.ge(0.0))
         seed: int = attrs.field(default=0, validator=v.ge(0))
 
+    config: Config
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._g_warmup: float | None = None

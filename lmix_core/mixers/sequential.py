@@ -31,6 +31,8 @@ class Sequential(Mixer):
 
         sft_steps: int = attrs.field(default=100, validator=v.ge(0))
 
+    config: Config
+
     def plan(self, step: int) -> StepPlan:
         sft = step < self.config.sft_steps
         return StepPlan(rollouts=not sft, sft=sft)

@@ -22,6 +22,8 @@ class SFT(Mixer):
     class Config:
         """No parameters."""
 
+    config: Config
+
     def plan(self, step: int) -> StepPlan:
         return StepPlan(rollouts=False, sft=True)
 

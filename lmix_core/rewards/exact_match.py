@@ -76,6 +76,8 @@ class ExactMatch(RewardVerifier):
             default="completion", validator=attrs.validators.in_(("completion", "boxed", "answer_tag"))
         )
 
+    config: Config
+
     def normalized(self, text: str) -> str:
         """``text`` after the configured steps."""
         steps = self.config.normalize

@@ -75,6 +75,8 @@ class Format(RewardVerifier):
             default="fullmatch", validator=attrs.validators.in_(("fullmatch", "search"))
         )
 
+    config: Config
+
     def score_one(self, sample: RewardInput, /) -> Verdict:
         text = sample.completion
         after = 0

@@ -274,6 +274,8 @@ class Math(RewardVerifier):
         max_factorial: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
         max_power_terms: int = attrs.field(default=100, validator=attrs.validators.ge(1))
 
+    config: Config
+
     def extract(self, completion: str) -> str | None:
         r"""The final answer of ``completion`` by rules 1-3 as written (an answer clause whole, before any
         fallback to its final expression); None when there is none.

@@ -166,6 +166,8 @@ class MultipleChoice(RewardVerifier):
 
         choices: str = attrs.field(default="ABCD", validator=_valid_choices)
 
+    config: Config
+
     def _normalise(self, text: str) -> str:
         text = unicodedata.normalize("NFKC", text)
         latin = {a: chr(ord("A") + i) for i, a in enumerate(_ARABIC_LETTERS)}

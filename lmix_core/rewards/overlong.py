@@ -49,6 +49,8 @@ class Overlong(RewardVerifier):
             if self.cache_len > self.max_len:
                 raise ValueError(f"'cache_len' must be <= max_len={self.max_len} (got {self.cache_len})")
 
+    config: Config
+
     def score_one(self, sample: RewardInput, /) -> Verdict:
         cfg = self.config
         length = int(sample.num_tokens)
