@@ -69,7 +69,8 @@ def evaluate(
     tok = backend.tokenizer
     if config.max_examples:
         examples = examples[: config.max_examples]
-    examples = list(examples)[backend.rank :: backend.world_size]
+    shards = [list(examples)[r :: backend.world_size] for r in range(backend.world_size)]
+    examples = shards[backend.rank]
     k = config.samples
     temperature = config.temperature if config.temperature > 0 else 0.0
     max_new = config.max_new_tokens or sampling.max_new_tokens
@@ -116,6 +117,19 @@ def evaluate(
         if scored.format_rate is not None:
             fmt_sum += scored.format_rate * len(chunk)
             fmt_n += len(chunk)
+    # every rank samples (and scores) as often as the rank with most examples: a sharded backend's calls are
+    # collectives (FSDP gathers the weights); the extra calls' results are discarded
+    idle = _idle_prompt(tok, render, shards)
+    for _ in range(_calls(max(len(sh) * k for sh in shards)) - _calls(len(rows))):
+        backend.generate(
+            GenerationRequest(
+                prompt_ids=(idle,),
+                max_new_tokens=1,
+                temperature=0.0,
+                distribution=distribution,  # type: ignore[arg-type]
+                step=step,
+            )
+        )
     c = correct.sum(-1)  # [E]
     out: dict[str, Any] = {
         "n": len(examples),
@@ -124,7 +138,7 @@ def evaluate(
             sum(pass_at_k(k, int(ci), k) for ci in c.tolist()) / len(examples) if examples else float("nan")
         ),
         "reward_mean": reward_sum / len(rows) if rows else float("nan"),
-        "nll": _demo_nll(backend, examples, prompts),
+        "nll": _demo_nll(backend, examples, prompts, most=max(_demos(sh) for sh in shards), idle=idle),
     }
     if fmt_n:
         out["format_rate"] = fmt_sum / fmt_n
@@ -146,11 +160,37 @@ def _extractor(rewards: Any) -> Callable[[str], str | None] | None:
     return None
 
 
+def _calls(rows: int) -> int:
+    """Backend calls for ``rows`` rows (``EVAL_ROWS`` per call)."""
+    return -(-rows // EVAL_ROWS)
+
+
+def _demos(examples: Sequence[Example]) -> int:
+    return sum(1 for ex in examples if ex.demonstration)
+
+
+def _idle_prompt(tok: Any, render: Any, shards: Sequence[Sequence[Example]]) -> tuple[int, ...]:
+    """A prompt for the calls a rank makes only to keep step with the others (the first example's)."""
+    first = next((sh[0] for sh in shards if sh), None)
+    return () if first is None else tuple(tok(render(tok, first), add_special_tokens=False)["input_ids"])
+
+
 def _demo_nll(
-    backend: TrainerBackend, examples: Sequence[Example], prompts: Sequence[tuple[int, ...]]
+    backend: TrainerBackend,
+    examples: Sequence[Example],
+    prompts: Sequence[tuple[int, ...]],
+    *,
+    most: int,
+    idle: tuple[int, ...],
 ) -> float:
+    """Token-mean NLL of this rank's demonstrations; ``most``: the most demonstrations any rank has (this rank
+    scores idle rows until it has made as many calls)."""
     tok = backend.tokenizer
     pairs = [(p, ex.demonstration) for p, ex in zip(prompts, examples) if ex.demonstration]
+    for _ in range(_calls(most) - _calls(len(pairs))):
+        backend.score(
+            demonstration_batch([idle], [[tok.eos_token_id]], tok.pad_token_id or 0), temperature=1.0
+        )
     if not pairs:
         return float("nan")
     total, count = 0.0, 0

@@ -347,6 +347,8 @@ class HFBackend(TrainerBackend):
                 parts.append(self._stats(piece, temperature, entropy, ref_logp, step, lockstep))
             for _ in range(most[0] - len(pieces)):
                 self._zero_pass(lockstep)
+        if sharded:
+            self._model.reshard()  # FSDP keeps a root gathered after forward (for a backward that never comes)
 
         def cat(name: str) -> torch.Tensor | None:
             values = [getattr(p, name) for p in parts]
