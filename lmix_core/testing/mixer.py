@@ -39,6 +39,11 @@ def check_mixer(
 
     Rules checked:
         * ``num_optimizer_states`` is 1 or 2 and ``update_weights`` has that many finite, non-negative weights;
+        * ``needs_reference`` is a bool, the same for every mixer from the factory. The scripted run reports
+          ``StepFeedback.kl_to_initial`` on every step with rollouts when it is True (as the loop does, since the
+          run then loads the initial policy), never when it is False (a run may have no reference). A mixer that
+          declares False must make the same decisions when a KL is reported anyway (the loop measures it whenever
+          another part loaded a reference): one that reads the KL must declare it;
         * decisions are reproducible: two mixers from the factory make identical plans and decisions;
         * ``plan(step)`` may be called again for the same step with the same answer and no side effect;
         * coefficients and weights are finite and ``≥ 0``; ``rl_weights`` has one weight per question; ``sft``
@@ -59,6 +64,7 @@ def check_mixer(
     """
     mixer = mixer_factory()
     _check_class(mixer)
+    _check_needs_reference(mixer, mixer_factory())
     _check_token_weights(mixer)
 
     trace_a = scripted_run(mixer, num_steps=num_steps, num_questions=num_questions, group_size=group_size)
@@ -66,6 +72,20 @@ def check_mixer(
         mixer_factory(), num_steps=num_steps, num_questions=num_questions, group_size=group_size
     )
     _same(trace_a, trace_b, "two mixers built by the factory made different decisions on the same inputs")
+    if not mixer.needs_reference:
+        with_kl = scripted_run(
+            mixer_factory(),
+            num_steps=num_steps,
+            num_questions=num_questions,
+            group_size=group_size,
+            kl_to_initial=True,
+        )
+        _same(
+            with_kl,
+            trace_a,
+            "needs_reference is False, but decisions changed when StepFeedback.kl_to_initial was reported: "
+            "a mixer whose observe reads the KL must declare needs_reference = True",
+        )
 
     split = num_steps // 2
     original = mixer_factory()
@@ -88,14 +108,19 @@ def scripted_run(
     group_size: int = 4,
     start: int = 0,
     stop: int | None = None,
+    kl_to_initial: bool | None = None,
 ) -> Trace:
     """Drive ``mixer`` over steps ``start … stop − 1`` of a fixed script, checking every step; return the trace.
 
     The script (independent of the mixer's own generator) draws binary rewards with success probability 0.3 so
     that all-wrong, mixed and all-right groups all occur, question ids ``step·Q + i`` modulo 5·Q (questions recur,
     as over epochs), and gradient norms and KL that vary with the step.
+
+    ``kl_to_initial``: whether feedback reports a KL on steps with rollouts (never on the others); default
+    ``mixer.needs_reference``, as in a run where no other part loads a reference.
     """
     stop = num_steps if stop is None else stop
+    report_kl = mixer.needs_reference if kl_to_initial is None else kl_to_initial
     g = torch.Generator().manual_seed(20240611)
     script = [
         (torch.rand(num_questions, group_size, generator=g) < 0.3).float()  # [Q, G]
@@ -123,7 +148,7 @@ def scripted_run(
             grad_norm_rl=1.0 + 0.1 * step if decision.rl_coef > 0 else None,
             grad_norm_sft=2.0 + 0.5 * math.sin(step) if decision.sft_coef > 0 else None,
             grad_norm=1.5 + 0.05 * step,
-            kl_to_initial=0.01 * step if plan.rollouts else None,
+            kl_to_initial=0.01 * step if plan.rollouts and report_kl else None,
         )
         mixer.observe(feedback)
         trace.append((plan, decision))
@@ -145,6 +170,17 @@ def _check_class(mixer: Mixer) -> None:
         _fail(f"update_weights must have num_optimizer_states = {n} entries (got {w!r})")
     if not all(isinstance(x, float | int) and math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
         _fail(f"update_weights must be finite, >= 0 and not all 0 (got {w!r})")
+
+
+def _check_needs_reference(mixer: Mixer, other: Mixer) -> None:
+    needs = mixer.needs_reference
+    if not isinstance(needs, bool):
+        _fail(f"needs_reference must be a bool (got {needs!r})")
+    if other.needs_reference is not needs:
+        _fail(
+            f"needs_reference must be the same for every mixer from the factory (got {needs} and "
+            f"{other.needs_reference})"
+        )
 
 
 def _check_token_weights(mixer: Mixer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, final
 
 import attrs
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from lmix_core import registries
+from lmix_core.errors import LmixError
 from lmix_core.interfaces.mixer import Mixer
 from lmix_core.testing.mixer import check_mixer
-from lmix_core.types import MixDecision, MixerInputs, StepPlan
+from lmix_core.types import MixDecision, MixerInputs, StepFeedback, StepPlan
 
 
 @pytest.mark.parametrize("name", registries.mixers.names())
@@ -67,6 +69,22 @@ class _Broken(Mixer):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.count = 0
+        self.kl = 0.0
+
+    @property
+    def needs_reference(self) -> bool:
+        return {"needs_reference_int": 1, "declared_kl": True}.get(self.config.defect, False)  # type: ignore[return-value]
+
+    def observe(self, feedback: StepFeedback) -> None:
+        if self.config.defect in ("undeclared_kl", "declared_kl") and feedback.kl_to_initial is not None:
+            self.kl = feedback.kl_to_initial
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "kl": self.kl}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.kl = float(state["kl"])
 
     def plan(self, step: int) -> StepPlan:
         if self.config.defect == "rl_without_rollouts":
@@ -82,6 +100,8 @@ class _Broken(Mixer):
             "unsaved_state": float(self.count),
             "global_rng": float(torch.rand(())),
             "seeded_rng": float(torch.rand((), generator=self.generator)),
+            "undeclared_kl": 1.0 + self.kl,
+            "declared_kl": 1.0 + self.kl,
         }.get(defect, 1.0)
         n = Q + 1 if defect == "wrong_length" else Q
         return MixDecision(rl_coef=1.0, sft_coef=coef, rl_weights=(1.0,) * n)
@@ -101,12 +121,32 @@ class _Broken(Mixer):
         ("unsaved_state", "state_dict"),
         ("global_rng", "different decisions"),
         ("grad_in_weights", "gradient"),
+        ("needs_reference_int", "needs_reference must be a bool"),
+        ("undeclared_kl", "must declare needs_reference = True"),
     ],
 )
 def test_check_mixer_catches_defects(defect, message):
     """Each defect makes check_mixer raise an AssertionError naming the broken rule."""
     with pytest.raises(AssertionError, match=message):
         check_mixer(lambda: _Broken(_Broken.Config(defect=defect)))
+
+
+def test_check_mixer_accepts_a_mixer_that_declares_the_kl_it_reads():
+    """A mixer whose decisions follow the reported KL passes once it declares needs_reference = True."""
+    check_mixer(lambda: _Broken(_Broken.Config(defect="declared_kl")))
+
+
+def test_sasr_declares_the_reference_only_with_its_divergence_term():
+    """sasr reads the KL only with divergence_coef > 0; both settings pass, and without a KL it refuses to guess."""
+    cls = registries.mixers.get("sasr")
+    assert cls.default().needs_reference is False
+    on = cls(cls.Config(warmup_steps=2, divergence_coef=2.0))
+    assert on.needs_reference is True
+    check_mixer(cls.default)
+    check_mixer(lambda: cls(cls.Config(warmup_steps=2, divergence_coef=2.0)))
+    grpo_step = MixDecision(rl_coef=1.0, sft_coef=0.0, rl_weights=(1.0,))
+    with pytest.raises(LmixError, match="needs_reference"):
+        on.observe(StepFeedback(step=3, decision=grpo_step, kl_to_initial=None))
 
 
 def test_check_mixer_accepts_seeded_randomness():
