@@ -302,18 +302,20 @@ class HFBackend(TrainerBackend):
 
     def _generate_sharded(self, request: GenerationRequest) -> Generation:
         """FSDP: the engine samples full-weight copies gathered for this call (:func:`lmix_hf.parallel.gathered`),
-        freed when it returns; every rank gathers the policy and every reference the combiner mixes."""
+        freed when it returns: the policy, and the references the combiner mixes unless the request samples the
+        policy alone (every rank makes the same requests, so the gathers match)."""
         engine = self._engine
         if engine.needs_weights:  # an engine with its own copy of the policy: full weights on every rank
-            engine.load_policy_weights(parallel.full_state(self._model, rank0_only=False))
+            if self._engine_version != self._version:
+                engine.load_policy_weights(parallel.full_state(self._model, rank0_only=False))
+                self._engine_version = self._version
             return engine.generate(request)
         dtype = getattr(torch, self.config.dtype)
+        k = self.context.combiner.num_references if request.distribution != "policy" else 0
+        mixed = self._ref_models[:k]
         lent = (engine.policy, engine.references)
         engine.policy = parallel.gathered(self._model, dtype=dtype, device=self.device)
-        engine.references = tuple(
-            parallel.gathered(r, dtype=dtype, device=self.device)
-            for r in self._ref_models[: self.context.combiner.num_references]
-        )
+        engine.references = tuple(parallel.gathered(r, dtype=dtype, device=self.device) for r in mixed)
         try:
             return engine.generate(request)
         finally:
