@@ -19,7 +19,8 @@ Checks:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 import attrs
 import torch
@@ -41,7 +42,7 @@ _ATOL = 1e-3
 _SUITE = "check_advantage_estimator"
 
 
-def _fail(est: AdvantageEstimator, check: str, detail: str) -> None:
+def _fail(est: AdvantageEstimator, check: str, detail: str) -> NoReturn:
     _suite.fail(_SUITE, est, check, detail)
 
 
@@ -160,7 +161,7 @@ def check_row_permutation(est: AdvantageEstimator) -> None:
             expected,
             rtol=1e-5,
             atol=1e-6,
-            msg=lambda m, label=label: _msg(est, "permutation", label, m),
+            msg=partial(_msg, est, "permutation", label),
         )
 
 
@@ -173,7 +174,7 @@ def check_group_relabelling(est: AdvantageEstimator) -> None:
             _run(est, inputs),
             rtol=1e-5,
             atol=1e-6,
-            msg=lambda m, label=label: _msg(est, "group relabelling", label, m),
+            msg=partial(_msg, est, "group relabelling", label),
         )
 
 
@@ -189,7 +190,7 @@ def check_padding_columns(est: AdvantageEstimator) -> None:
             _run(est, inputs),
             rtol=1e-5,
             atol=1e-6,
-            msg=lambda m, label=label: _msg(est, "padding", label, m),
+            msg=partial(_msg, est, "padding", label),
         )
 
 
@@ -211,7 +212,7 @@ def check_declared_invariances(est: AdvantageEstimator) -> None:
                     base,
                     rtol=_RTOL,
                     atol=_ATOL,
-                    msg=lambda m, label=label, kind=kind: _msg(est, kind, label, m),
+                    msg=partial(_msg, est, kind, label),
                 )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from lmix_core.errors import CheckpointError, LmixError, NonFiniteError, RunInterrupted
+from lmix_core.errors import BackendError, CheckpointError, LmixError, NonFiniteError, RunInterrupted
 from lmix_core.interfaces.backend import TrainerBackend
 from lmix_core.ops.aggregation import StepCounts
 from lmix_core.ops.kl_reward import kl_penalised_rewards
@@ -219,24 +219,29 @@ class Trainer:
         }
         if scored.format_rate is not None:
             metrics["format_rate"] = scored.format_rate
+        rewards = scored.rewards  # [N]
+        if p.train.kl_in_reward_coef > 0 and not with_ref:
+            raise LmixError("train.kl_in_reward_coef > 0 needs a reference, but the backend loaded none")
         if with_ref:
             # KL of the sampled distribution to the reference, from the scoring pass or from the sampler's log-probs
             logp, ref_logp = (stats.logp, stats.ref_logp) if stats is not None else (gen.logp, gen.ref_logp)
+            if logp is None or ref_logp is None:
+                raise BackendError(
+                    f"{type(self.backend).__name__}.score returned no ref_logp although the loop asked for it "
+                    "(ref_logp=True with a reference loaded)"
+                )
             m = mask.float()  # [N, S]
             metrics["kl_ref"] = float(((logp - ref_logp) * m).sum() / m.sum().clamp_min(1))
-        rewards = scored.rewards  # [N]
-        if p.train.kl_in_reward_coef > 0:  # verl's use_kl_in_reward: r − β·Σ_t KL_t(π_old ‖ π_ref)
-            if not with_ref:
-                raise LmixError("train.kl_in_reward_coef > 0 needs a reference, but the backend loaded none")
-            rewards = kl_penalised_rewards(
-                scored.rewards,
-                logp,
-                ref_logp,
-                mask,
-                coef=p.train.kl_in_reward_coef,
-                estimator=p.train.kl_in_reward_estimator,
-            )  # [N]
-            metrics["reward_kl_penalty"] = float(torch.nan_to_num(scored.rewards - rewards).mean())
+            if p.train.kl_in_reward_coef > 0:  # verl's use_kl_in_reward: r − β·Σ_t KL_t(π_old ‖ π_ref)
+                rewards = kl_penalised_rewards(
+                    scored.rewards,
+                    logp,
+                    ref_logp,
+                    mask,
+                    coef=p.train.kl_in_reward_coef,
+                    estimator=p.train.kl_in_reward_estimator,
+                )  # [N]
+                metrics["reward_kl_penalty"] = float(torch.nan_to_num(scored.rewards - rewards).mean())
         adv = p.advantage(AdvantageInputs(rewards=rewards, group_ids=group_ids, mask=mask))  # [N, S]
         return {
             "gen": gen,
@@ -268,18 +273,18 @@ class Trainer:
         rl_rows = [self._rl_rows(rl, decision, q_slice, G) for q_slice in slices]
         sft_rows = [self._sft_rows(sft_items[mb::nmb], decision.sft_coef) for mb in range(nmb)]
         masks = []
-        for mb in range(nmb):
-            masks.append(self._rl_mask(rl, rl_rows[mb]))
-            masks.append(None if sft_rows[mb] is None else sft_rows[mb].tokens.loss_mask)
+        for rl_idx, sft in zip(rl_rows, sft_rows, strict=True):
+            masks.append(self._rl_mask(rl, rl_idx))
+            masks.append(None if sft is None else sft.tokens.loss_mask)
         total = global_counts(masks, self.backend)
         counts = total if p.train.dp_normalization == "global" else local_counts(masks)
-        minibatches = []
-        for mb in range(nmb):
+        minibatches: list[list[list[MicroBatch]] | None] = []
+        for mb, (rl_idx, sft) in enumerate(zip(rl_rows, sft_rows, strict=True)):
             groups: list[list[MicroBatch]] = [[] for _ in range(self.backend.context.num_optimizer_states)]
-            if rl_rows[mb] is not None:
-                groups[0].append(self._rl_microbatch(rl, decision, rl_rows[mb], counts[2 * mb]))
-            if sft_rows[mb] is not None:
-                groups[-1].append(self._sft_microbatch(sft_rows[mb], decision.sft_coef, counts[2 * mb + 1]))
+            if rl is not None and rl_idx is not None:
+                groups[0].append(self._rl_microbatch(rl, decision, rl_idx, counts[2 * mb]))
+            if sft is not None:
+                groups[-1].append(self._sft_microbatch(sft, decision.sft_coef, counts[2 * mb + 1]))
             # a minibatch is skipped only when it has no rows on any rank: train_step's collectives need every
             # rank, so a rank with none still takes part
             empty = total[2 * mb].all_rows + total[2 * mb + 1].all_rows == 0
@@ -287,10 +292,10 @@ class Trainer:
         reports = []
         opt_step = step * p.train.ppo_epochs * nmb
         for _epoch in range(p.train.ppo_epochs):
-            for groups in minibatches:
-                if groups is None:
+            for mb_groups in minibatches:
+                if mb_groups is None:
                     continue
-                reports.append(self.backend.train_step(groups, objective, step=step, lr_step=opt_step))
+                reports.append(self.backend.train_step(mb_groups, objective, step=step, lr_step=opt_step))
                 opt_step += 1
         return reports
 
@@ -320,7 +325,7 @@ class Trainer:
         tokens = gen.tokens.select(idx)
         masks = rl["masks"]
         keep = masks.token_weight[idx]  # [n, S]
-        effective = self._rl_mask(rl, idx)  # [n, S]
+        effective = gen.tokens.loss_mask[idx] & (keep > 0)  # [n, S] (as _rl_mask)
         row_w = torch.tensor([weights[int(r) // G] for r in idx], dtype=torch.float32)  # [n]
         agg = self.parts.loss.token_weights(
             effective, max_len=self.parts.sampling.max_new_tokens, counts=counts
@@ -438,7 +443,9 @@ class Trainer:
         return state["step"]
 
     # -- the run ---------------------------------------------------------------------------------------------
-    def run(self, *, resume: bool, evaluate, final_checkpoint: bool = True) -> dict[str, Any]:  # noqa: ANN001
+    def run(
+        self, *, resume: bool, evaluate: Callable[[int], dict[str, Any]], final_checkpoint: bool = True
+    ) -> dict[str, Any]:
         """Train, evaluating and checkpointing on schedule; returns the last evaluation.
 
         ``evaluate(step) -> dict`` runs a held-out evaluation. On resume, the ``metrics.jsonl`` lines and
@@ -467,6 +474,7 @@ class Trainer:
                     record = self.step(step)
                     if log is not None:
                         log.write(record)
+                    if tracker is not None:
                         tracker.log(record)
                     done = step + 1
                     if tr.eval_every and done % tr.eval_every == 0 and done < tr.steps:

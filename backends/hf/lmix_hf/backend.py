@@ -19,6 +19,7 @@ from lmix_core.interfaces.rollout_engine import EngineContext, SharedModels
 from lmix_core.ops.update_average import step_averaged
 from lmix_core.types import Generation, GenerationRequest, MicroBatch, StepReport, TokenBatch, TokenStats
 from lmix_hf import checkpoint, distributed, lora, parallel
+from lmix_hf.engine import HFEngine
 from lmix_hf.loading import head_weight, load_causal_lm, load_tokenizer, model_dir, quiet_progress
 from lmix_hf.lr_schedule import lr_at
 from lmix_hf.micro_batches import split_rows
@@ -310,6 +311,12 @@ class HFBackend(TrainerBackend):
                 engine.load_policy_weights(parallel.full_state(self._model, rank0_only=False))
                 self._engine_version = self._version
             return engine.generate(request)
+        if not isinstance(engine, HFEngine):
+            raise BackendError(
+                f"backend.parallel = 'fsdp' lends gathered full-weight models only to the hf rollout engine; "
+                f"{type(engine).__name__} samples the backend's own models in place (needs_weights is False), "
+                "and FSDP shards them"
+            )
         dtype = getattr(torch, self.config.dtype)
         k = self.context.combiner.num_references if request.distribution != "policy" else 0
         mixed = self._ref_models[:k]
