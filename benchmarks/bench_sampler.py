@@ -9,6 +9,7 @@ Workloads (random-init models built from configs, float32, CPU, ``torch.set_num_
     demo   Qwen2, the tiny byte-level tokenizer's vocabulary (262), hidden 256, 4 layers, 16 prompts × 64 tokens.
     grpo   the issue's GRPO benchmark: Qwen2, vocab 2048, hidden 256, 4 layers, 2 prompts × 8 completions × 32
            new tokens.
+    prefill  prompt-heavy groups: vocab 2048, 4 prompts of about 200 tokens × 4 completions × 16 new tokens.
 
 Variants, on the same chat-templated prompts, batch and ``max_new_tokens``:
     hf_generate    ``model.generate`` (left-padded batch; ``do_sample`` with ``top_k=0, top_p=1, temperature=1`` or
@@ -16,6 +17,9 @@ Variants, on the same chat-templated prompts, batch and ``max_new_tokens``:
     lmix           :class:`lmix_hf.sampler.Sampler` on the policy alone, same settings, EOS disabled.
     lmix_mixed     the sampler running the policy and a second model in lockstep, sampling from
                    ``softmax(0.5·z_θ + 0.5·z_ref)`` (``logit_average``'s ``mix_logits``).
+    lmix_per_row, lmix_mixed_per_row
+                   the same with ``Sampler(prefill="per_row")``: a prompt pass per row instead of one per distinct
+                   prompt (the shared prefill's gain; same tokens).
 
 Rounds are interleaved (one call of each variant per round, after one warm-up call each) so that load from other
 processes hits every variant alike. Throughput is generated tokens per second of the *best* round's wall time
@@ -44,6 +48,7 @@ from lmix_hf.sampler import Sampler
 WORKLOADS = {
     "demo": {"vocab_size": None, "num_prompts": 16, "per_prompt": 1, "max_new_tokens": 64},
     "grpo": {"vocab_size": 2048, "num_prompts": 2, "per_prompt": 8, "max_new_tokens": 32},
+    "prefill": {"vocab_size": 2048, "num_prompts": 4, "per_prompt": 4, "max_new_tokens": 16, "filler": 170},
 }
 QUESTIONS = [
     f"What is {a} + {b}? Answer with \\boxed{{}}." for a, b in [(12, 7), (305, 48), (9, 999), (44, 56)]
@@ -66,7 +71,9 @@ def build(workload: str) -> dict:
     policy.generation_config.eos_token_id = None  # every row runs to max_new_tokens in every variant
     prompts = []
     for i in range(spec["num_prompts"]):
-        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS))}]
+        content = QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS))
+        content += " ".join(str(i + k) for k in range(spec.get("filler", 0) // 3))  # about 3 tokens a number
+        messages = [{"role": "user", "content": content}]
         ids = tuple(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
         prompts += [ids] * spec["per_prompt"]
     return {
@@ -84,6 +91,7 @@ def variants(setup: dict, mode: str) -> dict[str, Callable[[], int]]:
     M = setup["max_new_tokens"]
     temperature = 0.0 if mode == "greedy" else 1.0
     sampler = Sampler(tok, eos_token_ids=())
+    per_row = Sampler(tok, eos_token_ids=(), prefill="per_row")
     request = GenerationRequest(prompt_ids=prompts, max_new_tokens=M, temperature=temperature, seed=0)
     mix = functools.partial(LogitAverage(LogitAverage.Config(alpha=0.5)).mix_logits, step=0)
 
@@ -107,7 +115,19 @@ def variants(setup: dict, mode: str) -> dict[str, Callable[[], int]]:
     def lmix_mixed() -> int:
         return int(sampler.sample(request, policy, [ref], mix).generation.tokens.loss_mask.sum())
 
-    return {"hf_generate": hf_generate, "lmix": lmix, "lmix_mixed": lmix_mixed}
+    def lmix_per_row() -> int:
+        return int(per_row.sample(request, policy).generation.tokens.loss_mask.sum())
+
+    def lmix_mixed_per_row() -> int:
+        return int(per_row.sample(request, policy, [ref], mix).generation.tokens.loss_mask.sum())
+
+    return {
+        "hf_generate": hf_generate,
+        "lmix": lmix,
+        "lmix_mixed": lmix_mixed,
+        "lmix_per_row": lmix_per_row,
+        "lmix_mixed_per_row": lmix_mixed_per_row,
+    }
 
 
 def measure(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, dict[str, float]]:
@@ -155,6 +175,8 @@ def main() -> None:
                 stat: (
                     res["lmix"][key] / res["hf_generate"][key],
                     res["lmix_mixed"][key] / res["lmix"][key],
+                    res["lmix"][key] / res["lmix_per_row"][key],
+                    res["lmix_mixed"][key] / res["lmix_mixed_per_row"][key],
                 )
                 for stat, key in (("best", "tokens_per_s"), ("median", "median_tokens_per_s"))
             }
@@ -163,13 +185,14 @@ def main() -> None:
                 continue
             rows, new = len(setup["prompts"]), setup["max_new_tokens"]
             print(f"\n{workload} / {mode}: {rows} rows x {new} new tokens")
-            print(f"  {'variant':<12} {'tokens/s':>10} {'best ms':>9} {'median ms':>10} {'cpu ms':>9}")
+            print(f"  {'variant':<18} {'tokens/s':>10} {'best ms':>9} {'median ms':>10} {'cpu ms':>9}")
             for name, r in res.items():
                 best, med, cpu = r["best_s"] * 1e3, r["median_s"] * 1e3, r["cpu_s"] * 1e3
-                print(f"  {name:<12} {r['tokens_per_s']:>10.0f} {best:>9.1f} {med:>10.1f} {cpu:>9.1f}")
-            for stat, (speedup, mixed) in ratios.items():
+                print(f"  {name:<18} {r['tokens_per_s']:>10.0f} {best:>9.1f} {med:>10.1f} {cpu:>9.1f}")
+            for stat, (speedup, mixed, shared, shared_mixed) in ratios.items():
                 print(
-                    f"  {stat + ':':<8} lmix / hf_generate = {speedup:.2f}x   lmix_mixed / lmix = {mixed:.2f}x"
+                    f"  {stat + ':':<8} lmix / hf_generate = {speedup:.2f}x   lmix_mixed / lmix = {mixed:.2f}x   "
+                    f"shared / per-row prefill = {shared:.2f}x (mixed {shared_mixed:.2f}x)"
                 )
 
 
