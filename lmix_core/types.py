@@ -11,7 +11,7 @@ question (group size).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -121,19 +121,31 @@ class LossOutput:
     metrics: Mapping[str, Tensor] = attrs.field(factory=dict)
 
 
+def one_process_sum(values: Tensor, /) -> Tensor:
+    """The sum over a single process: ``values`` itself (the default :attr:`AdvantageInputs.all_sum`)."""
+    return values
+
+
 @attrs.frozen(kw_only=True)
 class AdvantageInputs:
-    """Outcome rewards of a batch of rollouts.
+    """Outcome rewards of a batch of rollouts: this rank's share of the step's batch.
 
     Attributes:
         rewards: ``[N]`` float32 scalar rewards; NaN marks a reward that could not be computed.
         group_ids: ``[N]`` int64, rollouts of the same question share an id.
         mask: ``[N, S]`` bool response tokens (lengths are ``mask.sum(-1)``).
+        all_sum: elementwise sum over data-parallel ranks of a CPU float64 tensor of the same shape on every rank
+            (the backend's ``all_sum``; the identity in one process). Each rank holds whole groups, so group
+            statistics need no reduction; an estimator with statistics over the whole batch (a batch std, a
+            whitening, a fit over questions) computes them from counts and sums reduced with it, so that the
+            advantages do not depend on how the groups are split over ranks. Every rank calls it the same number
+            of times with the same shapes: never branch on local data before a call.
     """
 
     rewards: Tensor
     group_ids: Tensor
     mask: Tensor
+    all_sum: Callable[[Tensor], Tensor] = attrs.field(default=one_process_sum, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -12,14 +12,15 @@ from torch import Tensor
 from lmix_core.errors import LmixError
 from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
 from lmix_core.ops.groups import Singleton, grouped, singleton_field
+from lmix_core.ops.masked import AllSum, global_sums
 from lmix_core.types import AdvantageInputs
 
 
-def beta_parameters(p: Tensor) -> tuple[Tensor, Tensor]:
+def beta_parameters(p: Tensor, *, all_sum: AllSum | None = None) -> tuple[Tensor, Tensor]:
     r"""BNPO's normaliser parameters from the questions' mean rewards.
 
-    Method-of-moments Beta(a, b) fit of ``p`` (μ, σ² = mean and *unbiased* variance over questions), then the
-    variance-optimal normaliser parameters:
+    Method-of-moments Beta(a, b) fit of ``p`` (μ, σ² = mean and *unbiased* variance over questions, every
+    data-parallel rank's with ``all_sum``), then the variance-optimal normaliser parameters:
 
         a = (μ(1−μ)/σ² − 1)·μ,   b = (μ(1−μ)/σ² − 1)·(1−μ),   α = max(1, 1 + a/3),   β = max(1, 1 + b/3)
 
@@ -29,15 +30,18 @@ def beta_parameters(p: Tensor) -> tuple[Tensor, Tensor]:
 
     Args:
         p: ``[Q]`` float64 per-question mean rewards in [0, 1].
+        all_sum: sum over data-parallel ranks (the fit then spans every rank's questions); None: these only.
 
     Returns:
         ``(α, β)``, 0-dim float64 tensors, both >= 1.
     """
     one = torch.ones((), dtype=torch.float64, device=p.device)  # []
-    if p.numel() < 2:
+    q, total = global_sums(all_sum, torch.tensor(p.numel(), dtype=torch.float64), p.sum())  # [], []
+    if q < 2:
         return one, one
-    mu = p.mean()  # []
-    var = p.var(unbiased=True)  # []
+    mu = total / q  # []
+    (ss,) = global_sums(all_sum, ((p - mu) ** 2).sum())  # []
+    var = ss / (q - 1)  # []
     if not bool(var > 0):
         return one, one
     k = mu * (1 - mu) / var - 1  # []
@@ -130,7 +134,7 @@ class BNPO(AdvantageEstimator):
         count = g.count  # [G]
         p = torch.where(count >= 2, g.group_mean(r), torch.zeros_like(count))  # [G]
         in_fit = (count >= 2) | ((count == 1) & (self.config.singleton == "raw"))  # [G]
-        alpha, beta = beta_parameters(p[in_fit])
+        alpha, beta = beta_parameters(p[in_fit], all_sum=inputs.all_sum)
         p_row = p[g.index]  # [N]
         weight = inverse_beta_pdf(p_row, alpha, beta, self.config.max_inverse_pdf)  # [N]
         adv = weight * (r - p_row)  # [N]

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from lmix_core.interfaces.advantage import AdvantageEstimator, Invariance
 from lmix_core.ops.groups import Grouped, Singleton, grouped, singleton_field
+from lmix_core.ops.masked import AllSum, global_sums
 from lmix_core.types import AdvantageInputs
 
 
@@ -23,7 +24,8 @@ class GRPO(AdvantageEstimator):
         * verl ``compute_grpo_outcome_advantage``: unbiased ``torch.std``, ``eps = 1e-6`` (our defaults).
         * TRL ``GRPOTrainer``: Bessel-corrected ``nanstd``, ``eps = 1e-4`` (set ``eps = 1e-4``), and
           ``scale_rewards`` ∈ {group, batch, none} (our ``scale``): ``batch`` divides the group-centred rewards by
-          the std of *all* rewards of the batch, ``none`` is Dr.GRPO's ``r − mean``.
+          the std of *all* rewards of the batch (every data-parallel rank's, as TRL gathers them before it
+          normalises), ``none`` is Dr.GRPO's ``r − mean``.
         * The BNPO paper's analysis uses the population std (``std = "population"``).
 
     Defined behaviour:
@@ -66,15 +68,17 @@ class GRPO(AdvantageEstimator):
         ``shift`` (r + b) and, unless ``scale = "none"``, ``scale`` (a·r, a > 0, up to eps)."""
         return frozenset({"shift"} if self.config.scale == "none" else {"shift", "scale"})
 
-    def _std(self, g: Grouped) -> Tensor:
-        """The denominator's std, per row ``[N]`` float64 (ones for ``scale = "none"``)."""
+    def _std(self, g: Grouped, all_sum: AllSum) -> Tensor:
+        """The denominator's std, per row ``[N]`` float64 (ones for ``scale = "none"``); the batch std spans every
+        data-parallel rank's rewards (counts and sums reduced with ``all_sum``)."""
         unbiased = self.config.std == "unbiased"
         if self.config.scale == "group":
             return g.group_var(g.rewards, unbiased=unbiased).sqrt()[g.index]  # [N]
         if self.config.scale == "batch":
-            n = g.valid.sum()  # []
-            mean = torch.where(g.valid, g.rewards, 0.0).sum() / n.clamp(min=1)  # []
-            ss = torch.where(g.valid, (g.rewards - mean) ** 2, 0.0).sum()  # []
+            total = torch.where(g.valid, g.rewards, 0.0).sum()  # []
+            n, total = global_sums(all_sum, g.valid.sum(), total)  # [], []
+            mean = total / n.clamp(min=1)  # []
+            (ss,) = global_sums(all_sum, torch.where(g.valid, (g.rewards - mean) ** 2, 0.0).sum())  # []
             denom = (n - 1) if unbiased else n  # []
             var = torch.where(denom > 0, ss / denom.clamp(min=1), torch.zeros_like(ss))  # []
             return var.sqrt().expand_as(g.rewards)  # [N]
@@ -84,7 +88,7 @@ class GRPO(AdvantageEstimator):
         g = grouped(inputs, owner="grpo")
         eps = self.config.eps if self.config.scale != "none" else 0.0
         centred = g.centred()  # [N]
-        denom = self._std(g) + eps  # [N]
+        denom = self._std(g, inputs.all_sum) + eps  # [N]
         adv = torch.where(centred == 0, torch.zeros_like(centred), centred / denom)  # [N]
         adv = g.resolve_singletons(adv, self.config.singleton, raw=g.rewards / (1.0 + eps))  # [N]
         return g.broadcast(adv)  # [N, S]

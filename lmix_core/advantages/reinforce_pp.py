@@ -24,8 +24,8 @@ class ReinforcePP(AdvantageEstimator):
                  = γ^{k_{i,t}} r'_i,     k_{i,t} = number of response tokens after t
         A_{i,t}  = (G_{i,t} − μ) / sqrt(σ² + eps)
 
-    where μ and σ² are the masked mean and *unbiased* variance of G over all response tokens of the batch
-    (verl ``masked_whiten``, ``eps = 1e-8``). With the default γ = 1, G is constant along a response (= r'_i), so
+    where μ and σ² are the masked mean and *unbiased* variance of G over all response tokens of the batch, every
+    data-parallel rank's (verl whitens the whole batch on the driver; verl ``masked_whiten``, ``eps = 1e-8``). With the default γ = 1, G is constant along a response (= r'_i), so
     longer responses weigh more in μ and σ²: that is verl's token-level whitening. After whitening the batch's masked
     mean is 0 and its unbiased variance σ²/(σ² + eps) ≈ 1.
 
@@ -79,5 +79,5 @@ class ReinforcePP(AdvantageEstimator):
         after = m.flip(-1).cumsum(-1).flip(-1) - m.to(torch.long)  # [N, S] response tokens after t
         gamma = torch.tensor(self.config.gamma, dtype=torch.float64, device=after.device)  # []
         returns = r[:, None] * torch.pow(gamma, after)  # [N, S]
-        adv = masked_whiten(returns, m, eps=self.config.eps)  # [N, S]
+        adv = masked_whiten(returns, m, eps=self.config.eps, all_sum=inputs.all_sum)  # [N, S]
         return adv.to(torch.float32)  # [N, S]

@@ -39,7 +39,9 @@ class Prefix(PolicyCombiner):
     Loss masks: prefix tokens are off-policy (forced, not sampled). Only the top ``entropy_top_fraction`` of them
     by behaviour entropy keep their gradient (Prefix-RFT: 20%): ``k = ⌈f·n⌉`` of the ``n`` prefix tokens of the
     batch (``entropy_scope = "batch"``) or of each sequence (``"sequence"``); tokens tied with the k-th largest
-    entropy are kept too, as TRL's ``top_entropy_quantile`` keeps ``H ≥ threshold``. Continuation tokens are never
+    entropy are kept too, as TRL's ``top_entropy_quantile`` keeps ``H ≥ threshold``. Under data parallelism "the
+    batch" is each rank's own rollouts (TRL gathers every process's entropies first): ``loss_masks`` has no
+    reduction over ranks. Continuation tokens are never
     masked. Prefix tokens take the ordinary PPO ratio (``prefix_loss = "ratio"``) or LUFFY's off-policy shaping
     ``ℓ = −Â·p/(p + γ)`` (``"luffy"``, γ = ``luffy_gamma``), applied by the loss through ``offpolicy_gamma``.
 

@@ -13,11 +13,15 @@ Checks:
     * padding columns (mask 0) added on either side change nothing;
     * declared invariances hold on batches whose groups all have >= 2 valid rewards: every name in the estimator's
       ``invariances`` (``"shift"``: r → r + b, ``"scale"``: r → a·r with a > 0; see
-      :data:`~lmix_core.interfaces.advantage.INVARIANCES`) is checked the same way for every estimator, to 1e-3.
+      :data:`~lmix_core.interfaces.advantage.INVARIANCES`) is checked the same way for every estimator, to 1e-3;
+    * data parallelism does not change the result: the batch's groups split over two ranks (two threads whose
+      ``AdvantageInputs.all_sum`` really sums what both pass) give the advantages of the whole batch in one process.
+      An estimator with statistics over the whole batch must reduce them with ``inputs.all_sum``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, NoReturn
@@ -216,6 +220,104 @@ def check_declared_invariances(est: AdvantageEstimator) -> None:
                 )
 
 
+class InProcessRanks:
+    """``world_size`` ranks as threads of one process, with a real ``all_sum`` between them.
+
+    Each rank's ``all_sum(t)`` waits until every rank has passed its tensor for the same call, then returns their
+    sum (added in rank order, so every rank gets the same bits). A rank that makes fewer calls, or calls with
+    another shape, breaks the barrier: :meth:`run` then raises ``AssertionError``.
+    """
+
+    def __init__(self, world_size: int, *, timeout_s: float = 10.0) -> None:
+        self.world_size = world_size
+        self._slots: list[Tensor | None] = [None] * world_size
+        self._barrier = threading.Barrier(world_size, timeout=timeout_s)
+
+    def all_sum(self, rank: int) -> Callable[[Tensor], Tensor]:
+        """The ``all_sum`` of rank ``rank``."""
+
+        def reduce(values: Tensor, /) -> Tensor:
+            self._slots[rank] = values.clone()
+            self._barrier.wait()
+            parts = list(self._slots)
+            self._barrier.wait()  # nobody overwrites a slot before every rank has read them all
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part  # raises on a shape mismatch
+            return total
+
+        return reduce
+
+    def run(self, fn: Callable[[int], Tensor]) -> list[Tensor]:
+        """``fn(rank)`` on every rank at once; the results in rank order."""
+        out: list[Any] = [None] * self.world_size
+        errors: list[BaseException] = []
+
+        def target(rank: int) -> None:
+            try:
+                out[rank] = fn(rank)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                self._barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.world_size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+            detail = repr(real[0]) if real else "the ranks made different all_sum calls"
+            raise AssertionError(detail) from (real or errors)[0]
+        return out
+
+
+def check_data_parallel_split(est: AdvantageEstimator) -> None:
+    """The batch's groups split over two ranks, with a real ``all_sum`` between them, give the one-process result."""
+    for label, inputs in cases():
+        ids = torch.unique(inputs.group_ids)  # [G] sorted
+        if ids.numel() < 2:
+            continue
+        rows = [
+            torch.isin(inputs.group_ids, part) for part in (ids[: ids.numel() // 2], ids[ids.numel() // 2 :])
+        ]
+        ranks = InProcessRanks(2)
+
+        def on_rank(
+            rank: int,
+            inputs: AdvantageInputs = inputs,
+            rows: list[Tensor] = rows,
+            ranks: InProcessRanks = ranks,
+        ) -> Tensor:
+            share = AdvantageInputs(
+                rewards=inputs.rewards[rows[rank]],
+                group_ids=inputs.group_ids[rows[rank]],
+                mask=inputs.mask[rows[rank]],
+                all_sum=ranks.all_sum(rank),
+            )
+            return est(share)
+
+        try:
+            parts = ranks.run(on_rank)
+        except AssertionError as exc:
+            _fail(est, "data-parallel split", f"{label}: {exc}")
+        split = torch.zeros_like(inputs.mask, dtype=torch.float32)  # [N, S]
+        for part, r in zip(parts, rows):
+            split[r] = part
+        torch.testing.assert_close(
+            split,
+            _run(est, inputs),
+            rtol=1e-6,
+            atol=1e-6,
+            msg=lambda m, label=label: _msg(
+                est,
+                "data-parallel split",
+                label,
+                f"{m} (batch-level statistics must be reduced with all_sum)",
+            ),
+        )
+
+
 ADVANTAGE_CHECKS: tuple[Callable[[AdvantageEstimator], None], ...] = (
     check_output_shape_and_dtype,
     check_zero_outside_mask,
@@ -225,6 +327,7 @@ ADVANTAGE_CHECKS: tuple[Callable[[AdvantageEstimator], None], ...] = (
     check_group_relabelling,
     check_padding_columns,
     check_declared_invariances,
+    check_data_parallel_split,
 )
 
 

@@ -242,7 +242,10 @@ class Trainer:
                     estimator=p.train.kl_in_reward_estimator,
                 )  # [N]
                 metrics["reward_kl_penalty"] = float(torch.nan_to_num(scored.rewards - rewards).mean())
-        adv = p.advantage(AdvantageInputs(rewards=rewards, group_ids=group_ids, mask=mask))  # [N, S]
+        # batch-level statistics (a batch std, a whitening) span every rank's groups, as in one process
+        adv = p.advantage(
+            AdvantageInputs(rewards=rewards, group_ids=group_ids, mask=mask, all_sum=self.backend.all_sum)
+        )  # [N, S]
         return {
             "gen": gen,
             "rewards": scored.rewards,

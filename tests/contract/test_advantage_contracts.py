@@ -105,6 +105,28 @@ class NaNLeaks(AdvantageEstimator):
         return torch.where(inputs.mask, (r - r.mean())[:, None], torch.zeros(()))
 
 
+@final
+class BatchMeanBaseline(AdvantageEstimator):
+    """r − mean of the batch's rewards: local to each rank unless ``global_mean`` reduces it with ``all_sum``."""
+
+    @attrs.frozen
+    class Config:
+        global_mean: bool = False
+
+    def __call__(self, inputs: AdvantageInputs, /) -> Tensor:
+        r = torch.nan_to_num(inputs.rewards).to(torch.float64)  # [N]
+        stats = torch.stack([r.sum(), torch.tensor(float(r.numel()), dtype=torch.float64)])  # [2]
+        if self.config.global_mean:
+            stats = inputs.all_sum(stats)  # [2]
+        mean = stats[0] / stats[1].clamp(min=1)  # []
+        return ((r - mean)[:, None] * inputs.mask).float()  # [N, S]
+
+
+def test_batch_statistics_reduced_over_ranks_pass():
+    """The same batch baseline passes once its sums go through all_sum."""
+    check_advantage_estimator(BatchMeanBaseline(BatchMeanBaseline.Config(global_mean=True)))
+
+
 @pytest.mark.parametrize(
     ("broken", "what"),
     [
@@ -113,6 +135,7 @@ class NaNLeaks(AdvantageEstimator):
         (DependsOnRowOrder, "permutation"),
         (ClaimsScaleInvariance, "scale"),
         (NaNLeaks, "finite"),
+        (BatchMeanBaseline, "data-parallel split"),
     ],
 )
 def test_suite_catches_broken_estimators(broken, what):
