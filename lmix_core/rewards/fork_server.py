@@ -17,10 +17,11 @@ import os
 import signal
 import sys
 from multiprocessing import forkserver
+from types import FrameType
 
 
 def _imported_by_fork_server() -> bool:
-    frame = sys._getframe()
+    frame: FrameType | None = sys._getframe()
     while frame is not None:
         if frame.f_code is forkserver.main.__code__:
             return True

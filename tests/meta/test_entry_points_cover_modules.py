@@ -16,6 +16,7 @@ KIND_DIRS = ("combiners", "advantages", "losses", "mixers", "rewards")
 #: Helper modules inside component folders: ``folder/file.py -> why it is not a component``.
 HELPERS: dict[str, str] = {
     "rewards/pool.py": "the worker pool that runs verifiers with a per-sample time limit",
+    "rewards/fork_server.py": "signal set-up the reward pool's fork server imports (it ignores SIGTERM)",
 }
 
 
