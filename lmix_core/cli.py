@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("lmix_core.shipped_recipes", "recipes_command"),
     "eval": ("lmix_core.evaluation", "eval_command"),
     "plot": ("lmix_core.plotting", "plot_command"),
+    "compare": ("lmix_core.compare.command", "compare_command"),
 }
 
 
@@ -251,7 +252,7 @@ def _load(command: str) -> Callable[[argparse.Namespace], int]:
 def run_command(args: argparse.Namespace) -> int:
     """``lmix run``: the training loop; if it is not installed, validate the recipe and say so."""
     try:
-        fn = _load("run")
+        fn: Callable[[argparse.Namespace], int | None] = _load("run")
     except CommandUnavailableError:
         from lmix_core.recipe import load_recipe
 
@@ -265,8 +266,8 @@ def run_command(args: argparse.Namespace) -> int:
         # other workers and prints that rank as the root cause, so the job ends with its message instead of hanging.
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        fn = record(fn)
-    return fn(args)
+        fn = record(fn)  # returns None where the wrapped call did
+    return fn(args) or 0
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -475,6 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--chat-template", choices=("auto", "none"), help="apply the tokenizer's chat template")
     d.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N questions")
     p.set_defaults(handler=_dispatch("eval"), overrides=[])
+
+    p = sub.add_parser(
+        "compare",
+        help="run your recipes beside built-in baselines on a testbed regime; table with paired CIs",
+        description="Run your recipes' methods beside the built-in baselines of one testbed regime (same model, "
+        "data, budget and seeds) and print held-out pass@1, format and probe with 95% bootstrap intervals and "
+        "paired differences against the baseline. Resumable: the same command continues an interrupted "
+        "comparison. See docs/study-design.md.",
+    )
+    from lmix_core.compare.command import add_arguments as compare_arguments
+
+    compare_arguments(p)
+    p.set_defaults(handler=_dispatch("compare"))
 
     p = sub.add_parser("plot", help="plot reward, accuracy and loss curves of runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

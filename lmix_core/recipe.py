@@ -737,7 +737,9 @@ def _validate(
 ) -> Recipe:
     """Override, resolve and validate recipe data read from a file or given as a mapping (modified in place)."""
     if registries is None:
-        from lmix_core.registries import REGISTRIES as registries
+        from lmix_core.registries import REGISTRIES
+
+        registries = REGISTRIES
     more, overridden = apply_overrides(data, overrides)
     problems = [*problems, *more]
     bases = _Bases(recipe_dir, Path.cwd(), tuple(overridden))
@@ -810,16 +812,16 @@ def _validate(
         )
     else:
         for i, table in enumerate(tables):
-            slot = f"{REWARDS}[{i}]"
-            weight, probs = _weight(table, slot)
+            reward_slot = f"{REWARDS}[{i}]"
+            weight, probs = _weight(table, reward_slot)
             found, more = _component(
-                reward_registry, table, slot=slot, default=None, reserved=("weight",), bases=bases
+                reward_registry, table, slot=reward_slot, default=None, reserved=("weight",), bases=bases
             )
             probs += more
             problems += probs
             if found is not None and not probs:
                 cls, entry, params, config = found
-                rewards.append(ComponentSpec("reward", entry.name, cls, config, weight, entry, slot))
+                rewards.append(ComponentSpec("reward", entry.name, cls, config, weight, entry, reward_slot))
             if isinstance(table, dict) and found is not None:
                 table.update(found[2])
 

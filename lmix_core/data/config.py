@@ -82,7 +82,9 @@ class DataConfig:
     prompt_column: str = attrs.field(default="prompt", validator=_non_empty)
     answer_column: str = attrs.field(default="answer", validator=_non_empty)
     demonstration_column: str | None = attrs.field(
-        default="solution", validator=attrs.validators.optional(_non_empty)
+        default="solution",
+        # attrs' types infer the field's type from the default alone (str), so they refuse optional(...) here
+        validator=attrs.validators.optional(_non_empty),  # type: ignore[arg-type]
     )
     metadata_columns: tuple[str, ...] = attrs.field(
         default=(), converter=tuple, validator=attrs.validators.deep_iterable(_non_empty)

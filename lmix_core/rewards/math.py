@@ -148,7 +148,7 @@ def final_number(text: str) -> Final:
       reference equals.
     """
     tail = text[-_TAIL_CHARS:]
-    tail = tail[: _CLOSING_RE.search(tail).start()]
+    tail = _CLOSING_RE.sub("", tail)  # the closing run (possibly empty) that ends the text
     unit = _UNIT_RE.search(tail)
     if unit is not None and unit.start() > 0 and tail[unit.start() - 1].isdigit():
         tail = tail[: unit.start()]
@@ -454,7 +454,7 @@ def _equivalent(reference: str, answer: str) -> bool:
 def _parse(text: str) -> list:
     from math_verify import parse
 
-    return parse(text, parsing_timeout=None)  # type: ignore[arg-type]
+    return parse(text, parsing_timeout=None)
 
 
 class _QuietNoTimeout(logging.Filter):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import torch
@@ -113,7 +113,7 @@ def _request(tokenizer: Any) -> GenerationRequest:
     )
 
 
-def _fail(backend: Any, check: str, detail: str) -> None:
+def _fail(backend: Any, check: str, detail: str) -> NoReturn:
     _suite.fail(_SUITE, backend, check, detail)
 
 

@@ -24,7 +24,7 @@ Checks:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -50,7 +50,7 @@ def _msg(combiner: PolicyCombiner, check: str, detail: str) -> str:
     return _suite.message(_SUITE, combiner, check, detail)
 
 
-def _fail(combiner: PolicyCombiner, check: str, detail: str) -> None:
+def _fail(combiner: PolicyCombiner, check: str, detail: str) -> NoReturn:
     _suite.fail(_SUITE, combiner, check, detail)
 
 

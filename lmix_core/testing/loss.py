@@ -25,7 +25,8 @@ Checks:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 import attrs
 import torch
@@ -48,7 +49,7 @@ def _msg(loss: PolicyLoss, check: str, detail: str) -> str:
     return _suite.message(_SUITE, loss, check, detail)
 
 
-def _fail(loss: PolicyLoss, check: str, detail: str) -> None:
+def _fail(loss: PolicyLoss, check: str, detail: str) -> NoReturn:
     _suite.fail(_SUITE, loss, check, detail)
 
 
@@ -224,7 +225,7 @@ def check_masked_tokens_ignored(loss: PolicyLoss) -> None:
         messy = _loss_and_grads(loss, dirty, w, offpolicy=True, gamma=gamma)
         for what, a, b in zip(("loss", "grad logp", "grad entropy"), clean, messy):
             torch.testing.assert_close(
-                b, a, rtol=1e-5, atol=1e-6, msg=lambda m, what=what: _msg(loss, f"masked tokens ({what})", m)
+                b, a, rtol=1e-5, atol=1e-6, msg=partial(_msg, loss, f"masked tokens ({what})")
             )
         if bool((messy[1][off] != 0).any()) or bool((messy[2][off] != 0).any()):
             _fail(loss, "masked tokens", "masked positions received a non-zero gradient")
@@ -290,7 +291,7 @@ def check_offpolicy(loss: PolicyLoss) -> None:
     marked = _loss_and_grads(loss, case, w, offpolicy=True, gamma=None)
     for what, a, b in zip(("loss", "grad logp"), plain, marked):
         torch.testing.assert_close(
-            b, a, rtol=1e-6, atol=1e-7, msg=lambda m, what=what: _msg(loss, f"offpolicy γ=None {what}", m)
+            b, a, rtol=1e-6, atol=1e-7, msg=partial(_msg, loss, f"offpolicy γ=None {what}")
         )
     if _regularised(loss):
         return
@@ -331,7 +332,7 @@ def check_optional_inputs(loss: PolicyLoss) -> None:
                 full,
                 rtol=1e-6,
                 atol=1e-7,
-                msg=lambda m, flag=flag: _msg(loss, f"unused input {flag}", m),
+                msg=partial(_msg, loss, f"unused input {flag}"),
             )
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 import torch
 
@@ -89,14 +90,14 @@ def check_mixer(
 
     split = num_steps // 2
     original = mixer_factory()
-    script = dict(num_steps=num_steps, num_questions=num_questions, group_size=group_size)
-    head = scripted_run(original, stop=split, **script)
+    run = partial(scripted_run, num_steps=num_steps, num_questions=num_questions, group_size=group_size)
+    head = run(original, stop=split)
     saved = _round_trip(original.state_dict())
-    tail = scripted_run(original, start=split, **script)
+    tail = run(original, start=split)
     _same(head + tail, trace_a, "taking a state_dict changed later decisions")
     resumed = mixer_factory()
     resumed.load_state_dict(saved)
-    tail_resumed = scripted_run(resumed, start=split, **script)
+    tail_resumed = run(resumed, start=split)
     _same(tail_resumed, tail, f"a mixer loaded from the step-{split} state_dict made different decisions")
 
 
@@ -155,7 +156,7 @@ def scripted_run(
     return trace
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise AssertionError(message)
 
 

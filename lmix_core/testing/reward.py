@@ -226,13 +226,13 @@ def check_reward(
 
     samples = nasty_samples() + list(extra_samples)
     own = pool is None
-    pool = RewardPool(workers=2, timeout_s=timeout_s) if own else pool
+    scorer = RewardPool(workers=2, timeout_s=timeout_s) if pool is None else pool
     try:
-        verdicts = pool.score([verifier], samples, timeout_s=timeout_s)[0]
-        again = pool.score([verifier], samples[:8], timeout_s=timeout_s)[0]
+        verdicts = scorer.score([verifier], samples, timeout_s=timeout_s)[0]
+        again = scorer.score([verifier], samples[:8], timeout_s=timeout_s)[0]
     finally:
         if own:
-            pool.close()
+            scorer.close()
     problems += _problems(name, verifier, samples, verdicts)
     for first, second, sample in zip(verdicts, again, samples):
         if first != second and "timeout" not in (first.reason, second.reason):

@@ -44,7 +44,7 @@ STEP_DIR = re.compile(r"step_(\d{6,})")
 #: The scalar types ``torch.load(weights_only=True)`` reads (subclasses such as numpy's float64 are not among them).
 PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
 #: Keys of ``trainer.pt`` and their types.
-TRAINER_KEYS: dict[str, type | tuple[type, ...]] = {
+TRAINER_KEYS: dict[str, type] = {
     "step": int,
     "mixer": dict,
     "python_rng": tuple,

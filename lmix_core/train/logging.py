@@ -83,7 +83,7 @@ class Tracker:
             self.run = wandb.init(
                 project=config.project,
                 dir=str(run_dir),
-                mode=mode,
+                mode=mode,  # type: ignore[arg-type]  # WANDB_MODE may hold any string: wandb checks it
                 config=dict(resolved),
                 reinit="finish_previous",
                 settings=wandb.Settings(silent=silent),
@@ -161,7 +161,8 @@ class FlatRewards:
     STEPS = 10
 
     def __init__(self) -> None:
-        self.run_length, self.value, self.warned = 0, None, False
+        self.run_length, self.warned = 0, False
+        self.value: float | None = None
 
     def observe(self, step: int, rewards: Any, *, main: bool) -> None:
         """Record one RL step's rewards ``[N]``; warn (on the main process) when the run of equal values is long."""

@@ -48,6 +48,8 @@ class HFEngine(RolloutEngine):
             default="sdpa", validator=v.in_(("sdpa", "eager"))
         )
 
+    config: Config
+
     def __init__(self, config: Config, context: EngineContext) -> None:
         super().__init__(config, context)
         self.sampler = Sampler(context.tokenizer, decoder=config.decoder)

@@ -31,7 +31,7 @@ class KVBuffer:
 
     def update(
         self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: object, **kwargs: object
-    ):
+    ) -> tuple[Tensor, Tensor]:
         """Store ``[B, H_kv, q, D]`` keys/values at positions ``length … length+q-1``; return the filled views."""
         start, stop = self.length, self.length + key_states.shape[-2]
         if stop > self.max_length:

@@ -59,7 +59,8 @@ def load_causal_lm(path: Path, *, dtype: str, attn_implementation: str, device: 
             f"could not load a causal LM from {str(path)!r}: {type(exc).__name__}: {exc}"
         ) from exc
     check_supported(model, where=str(path))
-    return model.to(device)
+    # transformers' annotation of PreTrainedModel.to is the wrapper's, not torch's (it takes a device)
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def load_tokenizer(path: Path) -> Any:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, final
+from typing import Any, Literal, cast, final
 
 import attrs
 import torch
@@ -114,6 +114,8 @@ class MegatronBackend(TrainerBackend):
         def __attrs_post_init__(self) -> None:
             if self.sequence_parallel and self.tp == 1:
                 raise ConfigError("'sequence_parallel' needs tp > 1 (got tp=1)")
+
+    config: Config
 
     native_format = "megatron"
     max_optimizer_states = 2
@@ -579,7 +581,7 @@ class MegatronBackend(TrainerBackend):
         parts = batching.split_tokens(batch, self.config.micro_batch_size)
         packs = [self._pack(p) for p in parts]
         ref_h = self._reference_hidden(packs, [self._needs_refs(p, ref_logp) for p in parts], fill_cache=True)
-        results: dict[int, tuple[Tensor, ...]] = {}
+        results: dict[int, tuple[Tensor | None, ...]] = {}
 
         def loss_fn(i: int, h: Tensor) -> tuple[Tensor, dict[str, Any]]:
             lp, ent, rlp = self._stats(
@@ -603,10 +605,11 @@ class MegatronBackend(TrainerBackend):
             self._run(self.model, self.gpt, packs, loss_fn, forward_only=True)
         self.model.train()
         if self.topo.last_stage:
-            cols = list(zip(*(results[i] for i in range(len(packs)))))
-            out = tuple(
-                None if c[0] is None else batching.concat_rows(c)[:, : batch.input_ids.shape[1]] for c in cols
-            )
+            # one column per statistic; a statistic is computed for every micro-batch or for none
+            cols = [
+                [t for t in col if t is not None] for col in zip(*(results[i] for i in range(len(packs))))
+            ]
+            out = tuple(batching.concat_rows(c)[:, : batch.input_ids.shape[1]] if c else None for c in cols)
         else:
             out = None
         out = parallel.broadcast_object(out, src=self.topo.last_stage_rank, group=self.topo.pp_group)
@@ -646,7 +649,8 @@ class MegatronBackend(TrainerBackend):
                 norm = float(opt.get_grad_norm())
                 finite = math.isfinite(norm)
                 if finite and n_states > 1:  # the grad buffer is reused by the next group
-                    grads.append([p.grad.detach().clone() for p in self._main_params(k)])
+                    # prepare_grads gave every main parameter its gradient
+                    grads.append([cast(Tensor, p.grad).detach().clone() for p in self._main_params(k)])
             norms.append(norm)
         if finite and n_states == 1:
             self._clip(self.optimizer, norms[0])

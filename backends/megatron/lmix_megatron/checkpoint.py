@@ -221,7 +221,8 @@ def _prefixed(tree: Any, prefix: str) -> Any:
         return {k: _prefixed(v, prefix) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_prefixed(v, prefix) for v in tree]
-    if dataclasses.is_dataclass(tree) and hasattr(tree, "key") and isinstance(tree.key, str):
+    is_instance = dataclasses.is_dataclass(tree) and not isinstance(tree, type)
+    if is_instance and hasattr(tree, "key") and isinstance(tree.key, str):
         return dataclasses.replace(tree, key=prefix + tree.key)
     return tree
 

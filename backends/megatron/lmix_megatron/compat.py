@@ -155,8 +155,9 @@ def _install_tensor_methods() -> None:
             return result.replace("torch.", "torch.cuda.", 1)
         return result
 
-    torch.Tensor.cuda = cuda  # type: ignore[method-assign]
-    torch.Tensor.type = type_  # type: ignore[method-assign]
+    # Reason for the ignores: these are deliberate patches of torch's methods with looser signatures ((b'), (c) above).
+    torch.Tensor.cuda = cuda  # type: ignore[method-assign, assignment]
+    torch.Tensor.type = type_  # type: ignore[method-assign, assignment]
     _state["tensor_methods"] = (original_cuda, original_type)
 
 

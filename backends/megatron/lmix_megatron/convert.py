@@ -251,7 +251,8 @@ def load_hf_weights(model: Any, arch: Arch, get: Callable[[str], Tensor]) -> Non
             kind, hf_names = _rule(layer, suffix, arch)
             tensors = [get(n) for n in hf_names]
             if kind == "qkv":
-                shard = _group_qkv(*tensors, arch).chunk(tp, dim=0)[rank]
+                q, k, v = tensors
+                shard = _group_qkv(q, k, v, arch).chunk(tp, dim=0)[rank]
             elif kind == "fc1":
                 gate, up = tensors
                 shard = torch.cat([gate.chunk(tp, dim=0)[rank], up.chunk(tp, dim=0)[rank]], dim=0)
@@ -301,6 +302,7 @@ def stage_hf_tensors(model: Any, arch: Arch, dtype: torch.dtype | None = None) -
             if suffix == "output_layer.weight" and arch.tied:
                 continue  # the first stage exports the shared matrix as embed_tokens
             parts = _gather_tp(param.detach(), group, tp) if kind != "replicated" else [param.detach()]
+            pieces: tuple[Tensor, ...]
             if kind == "qkv":
                 pieces = _ungroup_qkv(torch.cat(parts, dim=0), arch)
             elif kind == "fc1":
