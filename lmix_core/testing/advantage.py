@@ -239,7 +239,7 @@ class InProcessRanks:
         def reduce(values: Tensor, /) -> Tensor:
             self._slots[rank] = values.clone()
             self._barrier.wait()
-            parts = list(self._slots)
+            parts = [p for p in self._slots if p is not None]  # all filled: every rank passed the barrier
             self._barrier.wait()  # nobody overwrites a slot before every rank has read them all
             total = parts[0]
             for part in parts[1:]:
@@ -309,11 +309,8 @@ def check_data_parallel_split(est: AdvantageEstimator) -> None:
             _run(est, inputs),
             rtol=1e-6,
             atol=1e-6,
-            msg=lambda m, label=label: _msg(
-                est,
-                "data-parallel split",
-                label,
-                f"{m} (batch-level statistics must be reduced with all_sum)",
+            msg=partial(
+                _msg, est, "data-parallel split", f"{label} (reduce batch-level statistics with all_sum)"
             ),
         )
 
