@@ -17,10 +17,11 @@ Peak memory is the process's resident-set high-water mark (``resource.getrusage(
 of the run; the reward worker processes are not counted (they are the same in every configuration). ``baseline`` is the
 high-water mark of the same process after importing torch, transformers, peft and lmix, before any model is loaded.
 Step time is the median ``step_time_s`` after the first step (``--steps`` steps in all); it depends on the machine's
-load, which is printed before and after each configuration.
+load, which is printed before and after each configuration. ``--recompute`` sets ``backend.recompute = "full"``
+(activation checkpointing) in every configuration.
 
 Usage:
-    .venv/bin/python benchmarks/bench_lora_memory.py [--steps 3] [--threads 2] [--configs full,lora]
+    .venv/bin/python benchmarks/bench_lora_memory.py [--steps 3] [--threads 2] [--configs full,lora] [--recompute]
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def make_inputs(root: Path) -> dict[str, Path]:
     }
 
 
-def recipe_text(config: str, inputs: dict[str, Path], steps: int) -> str:
+def recipe_text(config: str, inputs: dict[str, Path], steps: int, recompute: bool) -> str:
     backend = f"model = {json.dumps(str(inputs['model']))}\n"
+    if recompute:
+        backend += 'recompute = "full"\n'
     if config != "full":
         backend += f"lora_rank = {LORA_RANK}\nlora_alpha = {2 * LORA_RANK}\n"
     if config == "lora_separate_ref":
@@ -105,7 +108,7 @@ progress = false
 """
 
 
-def child(config: str, root: Path, steps: int, threads: int) -> None:
+def child(config: str, root: Path, steps: int, threads: int, recompute: bool) -> None:
     """Run one configuration in this (fresh) process and print one JSON line."""
     import peft  # noqa: F401 - imported before the baseline so both configurations count the same libraries
     import torch
@@ -119,7 +122,7 @@ def child(config: str, root: Path, steps: int, threads: int) -> None:
     baseline = peak_rss_mib()
     inputs = {k: root / v for k, v in (("model", "model"), ("copy", "model_copy"), ("train", "train.jsonl"))}
     recipe = root / f"{config}.toml"
-    recipe.write_text(recipe_text(config, inputs, steps))
+    recipe.write_text(recipe_text(config, inputs, steps, recompute))
     out = root / f"run-{config}"
     t0 = time.perf_counter()
     train(load_recipe(recipe), out, quiet=True)
@@ -131,6 +134,7 @@ def child(config: str, root: Path, steps: int, threads: int) -> None:
         json.dumps(
             {
                 "config": config,
+                "recompute": recompute,
                 "peak_rss_mib": round(peak, 1),
                 "baseline_rss_mib": round(baseline, 1),
                 "step_time_s": [round(t, 3) for t in times],
@@ -161,11 +165,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--configs", default="full,lora", help=f"comma-separated, from {', '.join(CONFIGS)}")
+    parser.add_argument(
+        "--recompute", action="store_true", help='backend.recompute = "full" in every configuration'
+    )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.root, args.steps, args.threads)
+        child(args.child, args.root, args.steps, args.threads, args.recompute)
         return
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = sorted(set(configs) - set(CONFIGS))
@@ -181,6 +188,7 @@ def main() -> None:
             load_before = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--child", config, "--root", str(root)]
             cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
+            cmd += ["--recompute"] if args.recompute else []
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
             )

@@ -559,7 +559,8 @@ class HFBackend(TrainerBackend):
         return self._policy.state_dict() if self._lora is None else self._lora.merged_state_dict()
 
     def _meta(self) -> dict[str, Any]:
-        lora_meta = {} if self._lora is None else {"lora_rank": self.config.lora_rank}
+        cfg = self.config
+        lora_meta = {} if self._lora is None else {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha}
         return {"dtype": self.config.dtype, **lora_meta}
 
     def save_pretrained(self, path: Path, /) -> None:

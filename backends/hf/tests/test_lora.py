@@ -148,6 +148,13 @@ def test_full_checkpoint_is_refused_by_a_lora_run(model_dirs, tmp_path):
         lora_backend(model_dirs["policy"]).load_checkpoint(tmp_path / "ckpt")
 
 
+def test_checkpoint_of_another_lora_scale_is_refused(model_dirs, tmp_path):
+    lora_backend(model_dirs["policy"]).save_checkpoint(tmp_path / "ckpt")
+    other = make_backend(model_dirs["policy"], lora_rank=4, lora_alpha=16.0)
+    with pytest.raises(BackendError, match="lora_alpha"):
+        other.load_checkpoint(tmp_path / "ckpt")
+
+
 def test_adapter_export_loads_with_peft(model_dirs, tokenizer, tmp_path):
     """``lora_export = "adapter"`` writes peft's adapter directory; peft loads it over the starting model and
     reproduces the policy's log-probs."""
