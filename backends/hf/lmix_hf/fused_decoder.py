@@ -79,7 +79,7 @@ class _Shape:
     n_kv: int
 
 
-def _linears(layer: Any) -> list[torch.nn.Linear]:
+def _linears(layer: Any) -> list[Any]:
     attn, mlp = layer.self_attn, layer.mlp
     names = ("q_proj", "k_proj", "v_proj", "o_proj")
     return [getattr(attn, n, None) for n in names] + [
@@ -120,17 +120,21 @@ def _epsilons(model: Any) -> set[float]:
     return {float(getattr(n, "variance_epsilon", float("nan"))) for n in norms}
 
 
-def _stack(tensors: Sequence[Tensor | None], *, rows: int = 0) -> Tensor | None:
-    """``[K, …]`` stack of one tensor per model (None when every model lacks it), with ``rows`` unit dims after K."""
-    if all(t is None for t in tensors):
-        return None
+def _stack(tensors: Sequence[Tensor], *, rows: int = 0) -> Tensor:
+    """``[K, …]`` stack of one tensor per model, with ``rows`` unit dims after K."""
     if len(tensors) == 1:
-        out = tensors[0].detach()[None]  # type: ignore[union-attr]  # a view: one model needs no copy
+        out = tensors[0].detach()[None]  # a view: one model needs no copy
     else:
-        out = torch.stack([t.detach() for t in tensors])  # type: ignore[union-attr]
+        out = torch.stack([t.detach() for t in tensors])
     for _ in range(rows):
         out = out.unsqueeze(1)
     return out
+
+
+def _stack_optional(tensors: Sequence[Tensor | None], *, rows: int = 0) -> Tensor | None:
+    """:func:`_stack` of a tensor the models have (they share one layout, :class:`_Shape`), or None when none has it."""
+    present = [t for t in tensors if t is not None]
+    return _stack(present, rows=rows) if present else None
 
 
 def _cat_bias(*linears: torch.nn.Linear) -> Tensor | None:
@@ -240,16 +244,16 @@ class FusedDecoder:
             idx=i,
             ln1=_stack([layer.input_layernorm.weight for layer in layers], rows=1),
             w_qkv=_stack(qkv),
-            b_qkv=_stack([_cat_bias(a.q_proj, a.k_proj, a.v_proj) for a in attn], rows=1),
+            b_qkv=_stack_optional([_cat_bias(a.q_proj, a.k_proj, a.v_proj) for a in attn], rows=1),
             q_norm=_stack([a.q_norm.weight for a in attn], rows=2) if has_qk_norm else None,
             k_norm=_stack([a.k_norm.weight for a in attn], rows=2) if has_qk_norm else None,
             w_o=_stack([a.o_proj.weight for a in attn]),
-            b_o=_stack([a.o_proj.bias for a in attn], rows=1),
+            b_o=_stack_optional([a.o_proj.bias for a in attn], rows=1),
             ln2=_stack([layer.post_attention_layernorm.weight for layer in layers], rows=1),
             w_gu=_stack(gu),
-            b_gu=_stack([_cat_bias(m.gate_proj, m.up_proj) for m in mlp], rows=1),
+            b_gu=_stack_optional([_cat_bias(m.gate_proj, m.up_proj) for m in mlp], rows=1),
             w_d=_stack([m.down_proj.weight for m in mlp]),
-            b_d=_stack([m.down_proj.bias for m in mlp], rows=1),
+            b_d=_stack_optional([m.down_proj.bias for m in mlp], rows=1),
         )
 
     def rotary_tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -281,7 +285,7 @@ class FusedDecoder:
             qkv = _affine(x, layer.w_qkv, layer.b_qkv).view(
                 K * B, n_q + 2 * n_kv, D
             )  # [K·B, H_q + 2·H_kv, D]
-            if layer.q_norm is None:
+            if layer.q_norm is None or layer.k_norm is None:  # both or neither (has_qk_norm)
                 qk = _rope(qkv[:, : n_q + n_kv], cos, sin)  # [K·B, H_q + H_kv, D]
                 q, k = qk[:, :n_q], qk[:, n_q:]  # [K·B, H_q, D], [K·B, H_kv, D]
             else:
