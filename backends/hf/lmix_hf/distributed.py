@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import torch
@@ -69,11 +70,13 @@ def setup(
         return Topology(device=dev)
     owns = False
     if not dist.is_initialized():
-        alone = {} if "MASTER_ADDR" in os.environ else {"store": dist.HashStore(), "rank": 0, "world_size": 1}
+        alone: dict[str, Any] = (
+            {} if "MASTER_ADDR" in os.environ else {"store": dist.HashStore(), "rank": 0, "world_size": 1}
+        )
         dist.init_process_group(
             backend=("cpu:gloo,cuda:nccl" if cpu_collectives else "nccl") if use_cuda else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
-            **({"device_id": dev} if use_cuda else {}),
+            device_id=dev if use_cuda else None,
             **alone,
         )
         owns = True
