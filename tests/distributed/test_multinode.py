@@ -6,7 +6,8 @@ that must come from global rank 0 only. What it cannot catch (NCCL, network inte
 across hosts, clock skew) is listed in docs/multi-node.md.
 
 Runs: the HF backend (DDP on one node as the reference; DDP and FSDP on two nodes) and the megatron backend at
-TP2 × DP2 (one node and two nodes), 2 tiny steps each.
+TP2 × DP2 (one node and two nodes), 2 tiny steps each of the demo's logit-averaging recipe with the
+``parallel_average`` mixer.
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def overrides(inputs: dict[str, Path], backend: dict[str, Any]) -> list[str]:
-    """Tiny settings for 2 steps on 4 processes (1 prompt per data-parallel replica)."""
+    """Tiny settings for 2 steps on 4 processes (1 prompt per data-parallel replica). The mixer is
+    ``parallel_average`` (an SFT and an RL update from two optimiser states): the untrained model earns no reward,
+    so the SFT half is what moves the weights and makes step 1 depend on step 0's averaged gradients."""
     return [
         f"backend.model={json.dumps(str(inputs['base']))}",
         *(f"backend.{k}={json.dumps(v)}" for k, v in backend.items()),
+        'mixer.type="parallel_average"',
         f"data.train={json.dumps(str(inputs['train']))}",
         f"data.eval={json.dumps(str(inputs['eval']))}",
         "train.steps=2",
@@ -118,6 +122,7 @@ def metrics(run: Path) -> list[dict[str, Any]]:
 def assert_same_run(got: Path, want: Path, tol: float) -> None:
     a, b = metrics(got), metrics(want)
     assert [m["step"] for m in a] == [m["step"] for m in b] == [0, 1]
+    assert all(m["grad_norm"] > 0.1 for m in b), "the rehearsal must train (a zero gradient compares nothing)"
     for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for k in x.keys() - TIMING:
