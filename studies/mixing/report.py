@@ -1,0 +1,217 @@
+"""The study's report, regenerated from the run folders alone: ``docs/results.md`` (or ``OUT/results.md``).
+
+Per comparison: the claim, the regime that tests it and its gate, the table (mean and 95% interval, paired
+differences against the baseline, costs), the values that differ from the baseline's recipe, the training curves,
+the predicted differences and a verdict with its reason. Then the data's overlap figures, the commands, the
+hardware and the times, and a short note on the earlier study this one replaces. Comparisons that have not run yet
+are listed as such: the writer never invents a number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmix_core.compare import stats, table
+from lmix_core.compare.methods import METHODS, Comparison, differences
+from lmix_core.compare.runner import Layout, cells, method_recipe, read_json
+from lmix_core.compare.sizes import Sizes
+from lmix_core.testbed.regimes import REGIMES
+from studies.mixing.plan import CHECKS, NOT_WORSE_MARGIN, Check, verdict
+
+OLD_STUDY_NOTE = """\
+## The earlier study (replaced)
+
+The first study (`python -m studies.seed_papers`, kept in `studies/seed_papers/`) could not decide its questions:
+59% of its post-training problems (81% at level 1, 88% at level 2) appeared verbatim, with the same worked solution,
+in its pretraining corpus, so SFT was rehearsal and the probe could not show forgetting; every RL run from the SFT
+model ended at or below its start, so its rankings rewarded the methods that moved least; all its gaps were below one
+binomial standard error of a 100-problem evaluation with one pretraining seed; and its budgets differed in rollouts,
+tokens and objective within a comparison, with one optimiser step per batch so that the clip never acted. This study
+replaces it: disjoint data by construction, a gate per regime, 2 data seeds x 3 training seeds, bootstrap intervals
+and paired differences, and one shared objective per comparison.
+"""
+
+
+def check_outcome(layout: Layout, sizes: Sizes, comparison: Comparison, check: Check) -> dict[str, Any]:
+    """The paired difference a check predicts: ``{"text", "difference", "passed", "against"}`` or ``missing``."""
+    b_name = check.b
+    if b_name == "best_static":
+        statics = [m for m in comparison.methods if m.startswith(("switch_", "constant_"))]
+        found = {m: table.results(layout, sizes, comparison, m) for m in statics}
+        if any(v is None for v in found.values()):
+            return {"text": check.text(), "missing": True}
+        b_name = max(statics, key=lambda m: table.matrix(found[m], check.metric).mean())
+    a = table.results(layout, sizes, comparison, check.a)
+    b = table.results(layout, sizes, comparison, b_name)
+    if a is None or b is None:
+        return {"text": check.text(), "missing": True}
+    d = stats.paired_difference(
+        table.matrix(a, check.metric, check.a_deployment), table.matrix(b, check.metric)
+    )
+    e = d.estimate
+    if check.kind == "better":
+        passed, against = d.significant and e.mean > 0, d.significant and e.mean < 0
+    else:
+        passed, against = e.low > -NOT_WORSE_MARGIN, e.high < -NOT_WORSE_MARGIN
+    text = check.text().replace("best_static", f"the best static schedule ({b_name})")
+    return {"text": text, "difference": d.render(), "passed": passed, "against": against}
+
+
+def curves_png(
+    layout: Layout, sizes: Sizes, comparison: Comparison, rows: Sequence[Mapping[str, Any]], path: Path
+) -> Path | None:
+    """Training accuracy per step (rollouts' mean correctness, averaged over cells) of every method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [r for r in rows if r.get("curve") and r["deployment"] == "default"]
+    if not drawn:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in drawn:
+        y = np.array(r["curve"], dtype=float)
+        if np.isfinite(y).any():
+            ax.plot(np.arange(1, len(y) + 1), y, label=r["label"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training accuracy")
+    ax.set_title(comparison.title, fontsize=9)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _times(layout: Layout) -> str:
+    path = layout.out / "timings.json"
+    if not path.exists():
+        return "no invocation recorded"
+    inv = read_json(path)["invocations"]
+    total = sum(i.get("wall_s", 0.0) for i in inv)
+    return f"{len(inv)} invocation(s), {total / 3600:.2f} h of wall time in all"
+
+
+def section(
+    layout: Layout, sizes: Sizes, comparison: Comparison, figures: Path, link: str
+) -> tuple[str, str]:
+    """The markdown section of one comparison and its verdict."""
+    regime = REGIMES[comparison.regime]
+    methods = {m: METHODS[m] for m in comparison.methods}
+    gate_path = layout.gate(comparison.name)
+    gate = read_json(gate_path) if gate_path.exists() else None
+    out = [f"### {comparison.title}", "", f"*{comparison.paper}.* Claim: {comparison.claim}", ""]
+    out += [
+        f"**Regime `{regime.name}`**: {regime.claim}; starts from `{regime.start}`, trains on `{regime.train_file}`, "
+        f"evaluated on `{regime.eval_file}` (see [study-design.md](study-design.md#regimes)).",
+        "",
+    ]
+    if gate is None:
+        out += ["Not run yet.", ""]
+        v, why = verdict(None, [])
+        out += [f"**Verdict: {v}.** {why}.", ""]
+        return "\n".join(out), v
+    out += [f"**Gate** (`{gate['gate']}`): {'passed' if gate['passed'] else 'failed'}: {gate['reason']}.", ""]
+    rows = table.rows(layout, sizes, comparison, methods)
+    out += [table.render(rows, baseline_label=METHODS[comparison.baseline].label), ""]
+    out += [
+        "Mean [95% bootstrap interval over problems and seeds]; Δ: paired difference against the baseline "
+        "(`*`: significant at 5%). Costs are means per run.",
+        "",
+    ]
+    d, t = cells(sizes)[0]
+    mappings = {n: method_recipe(layout, sizes, comparison, m, d, t) for n, m in methods.items()}
+    diffs = differences(mappings, comparison.baseline, {n: m.reasons for n, m in methods.items()})
+    shared = json.dumps(comparison.shared) if comparison.shared else "none"
+    out += [
+        f"Shared by every method beyond the default recipe: `{shared}`. Values that differ from the baseline:",
+        "",
+    ]
+    out += ["| method | recipe value | baseline | this method | why |", "|---|---|---|---|---|"]
+    out += [
+        f"| {r['method']} | `{r['key']}` | {r['baseline']} | {r['value']} | {r['reason']} |" for r in diffs
+    ]
+    out.append("")
+    png = curves_png(layout, sizes, comparison, rows, figures / f"study-v2-{comparison.name}-curves.png")
+    if png is not None:
+        out += [f"![{comparison.name} curves]({link}/{png.name})", ""]
+    outcomes = [check_outcome(layout, sizes, comparison, c) for c in CHECKS[comparison.name]]
+    out += ["Predicted differences:", ""]
+    for o in outcomes:
+        mark = "not run" if o.get("missing") else ("yes" if o["passed"] else "no")
+        out.append(f"- {o['text']}: {o.get('difference', '')} → {mark}")
+    v, why = verdict(gate, outcomes)
+    out += ["", f"**Verdict: {v}.** {why}.", ""]
+    return "\n".join(out), v
+
+
+def write_report(
+    layout: Layout, sizes: Sizes, comparisons: Sequence[Comparison], target: Path, *, command: str
+) -> Path:
+    """Write the whole report to ``target`` (figures beside it in ``results/``) from the run folders."""
+    figures = target.parent / "results"
+    sections, verdicts = [], []
+    for c in comparisons:
+        text, v = section(layout, sizes, c, figures, "results")
+        sections.append(text)
+        verdicts.append((c, v))
+    overlaps = []
+    for d in sizes.data_seeds:
+        path = layout.data(d) / "overlaps.json"
+        if path.exists():
+            f = read_json(path)
+            shared = sum(f["pairs"].values())
+            overlaps.append(
+                f"- data seed {d}: "
+                + ", ".join(f"{k} {n}" for k, n in f["sizes"].items())
+                + f" distinct problems; problems shared between files of different roles: {shared} "
+                f"(over {len(f['pairs'])} pairs)"
+            )
+    lines = [
+        "# Results",
+        "",
+        "## Study v2: SFT/RL mixing methods on a testbed that can separate them",
+        "",
+        f"Generated by `{command} --report-only` from the run folders in `{layout.out}`; do not edit by hand. "
+        "The design (regimes, gates, budgets, statistics) is in [study-design.md](study-design.md).",
+        "",
+        f"Sizes: preset `{sizes.preset}`, data seeds {list(sizes.data_seeds)}, training seeds "
+        f"{list(sizes.train_seeds)}, {sizes.post.steps} steps x {sizes.post.prompts_per_step} questions x "
+        f"{sizes.post.group_size} rollouts per run, {sizes.eval_samples} samples per held-out problem.",
+        "",
+        "### Summary",
+        "",
+        *[f"- {c.title}: **{v}**" for c, v in verdicts],
+        "",
+        "### Data",
+        "",
+        *(overlaps or ["- no data written yet"]),
+        "",
+        *sections,
+        "### Commands, hardware and times",
+        "",
+        f"- the study: `{command}` (interrupt at any point; the same command continues; `--report-only` "
+        "rewrites this file)",
+        f"- hardware: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
+        f"Python {platform.python_version()}",
+        f"- times: {_times(layout)}",
+        "",
+        "The logit-averaging comparison has not been rerun at a larger scale on a GPU.",
+        "",
+        OLD_STUDY_NOTE,
+    ]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines))
+    return target
+
+
+__all__ = ["check_outcome", "curves_png", "section", "write_report"]

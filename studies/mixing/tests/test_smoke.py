@@ -1,0 +1,88 @@
+"""Study v2 at micro sizes (the ``tiny`` preset): the pipeline end to end, the report, resuming, every recipe."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+
+from lmix_core.compare import runner
+from lmix_core.compare.methods import COMPARISONS, METHODS
+from lmix_core.compare.sizes import TINY
+from lmix_core.recipe import recipe_from_mapping
+from studies.mixing import plan
+from studies.mixing.command import run_study
+
+SIZES = attrs.evolve(TINY, train_seeds=(0,))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("study-v2")
+    results = root / "results.md"
+    run_study(SIZES, root / "out", only=["format", "hard"], results=results, log=lambda m: None)
+    return {"out": root / "out", "results": results, "layout": runner.Layout(root / "out")}
+
+
+def test_report_has_each_comparison_with_gate_table_and_verdict(study: dict) -> None:
+    text = study["results"].read_text()
+    for name in ("format", "hard"):
+        assert f"### {COMPARISONS[name].title}" in text
+    assert text.count("**Gate**") == 2 and text.count("**Verdict:") == 2
+    # at micro sizes every gate fails, so every verdict says the claim cannot be decided, with the gate's reason
+    assert text.count("cannot be decided at this scale") >= 2 and "precondition failed" in text
+    assert "problems shared between files of different roles: 0" in text
+    assert "| GRPO | " in text and "| LUFFY (1 demonstration per group) | " in text
+    assert "`train.ppo_epochs`" not in text  # shared by the whole comparison: not a difference
+    assert "| luffy | `loss.type` | 'ppo_clip' | 'pg' |" in text
+    assert (study["results"].parent / "results" / "study-v2-format-curves.png").exists()
+
+
+def test_results_hold_per_problem_scores_and_costs(study: dict) -> None:
+    layout = study["layout"]
+    result = json.loads((layout.run_dir("format", "logit_average", 0, 0) / "result.json").read_text())
+    assert set(result["evals"]) == {"default", "policy"}
+    assert result["evals"]["default"]["deploy"] == "combined"
+    assert len(result["evals"]["default"]["task"]) == SIZES.testbed.eval
+    assert len(result["evals"]["policy"]["probe"]) == SIZES.testbed.probe
+    c = result["costs"]
+    assert (
+        c["steps"] == SIZES.post.steps and c["optimizer_steps"] == 4 * SIZES.post.steps
+    )  # 2 epochs x 2 minibatches
+    assert c["rollouts"] == SIZES.post.steps * SIZES.post.prompts_per_step * SIZES.post.group_size
+    start = json.loads(layout.start_result("hard", 0, 0).read_text())
+    assert 0.0 <= start["pass@8_train"] <= 1.0
+    assert json.loads(layout.gate("hard").read_text())["gate"] == "hard_start"
+
+
+def test_a_second_invocation_trains_nothing_and_reevaluates_only_what_is_missing(study: dict) -> None:
+    layout = study["layout"]
+    done = layout.run_dir("format", "grpo", 0, 0) / "result.json"
+    stamp = done.stat().st_mtime_ns
+    lost = layout.run_dir("hard", "luffy", 0, 0) / "result.json"
+    lost.unlink()  # as if the study stopped after training this run, before its evaluation
+    log: list[str] = []
+    run_study(SIZES, study["out"], only=["format", "hard"], results=study["results"], log=log.append)
+    assert done.stat().st_mtime_ns == stamp
+    assert lost.exists()
+    assert not [m for m in log if "pretrain" in m or "SFT starting" in m]
+    assert [m for m in log if "/" in m.split(":")[0]] == ["hard/luffy d0-t0"]
+
+
+def test_every_method_of_every_comparison_is_a_valid_recipe(study: dict) -> None:
+    layout = study["layout"]
+    for c in plan.select(None):
+        for name in c.methods:
+            mapping = runner.method_recipe(layout, SIZES, c, METHODS[name], 0, 0)
+            recipe = recipe_from_mapping(mapping, source=f"{c.name}/{name}")
+            assert recipe.train.steps == SIZES.post.steps
+        for check in plan.CHECKS[c.name]:
+            assert check.a in c.methods and (check.b in c.methods or check.b == "best_static")
+
+
+def test_other_sizes_in_the_same_folder_are_refused(study: dict) -> None:
+    from lmix_core.errors import LmixError
+
+    with pytest.raises(LmixError, match="other sizes"):
+        runner.check_out(study["layout"], attrs.evolve(SIZES, eval_samples=3))
