@@ -56,6 +56,15 @@ def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _switch_at(eighths: int) -> Callable[[int], Tables]:
+    """The schedule of an SFT→RL run that switches after ``eighths``/8 of its steps."""
+
+    def schedule(steps: int) -> Tables:
+        return {"mixer": {"sft_steps": max(1, steps * eighths // 8)}}
+
+    return schedule
+
+
 _SFT = "imitates the demonstrations: the method itself"
 _PREFIX = "the method: demonstration prefixes inside the group"
 
@@ -101,7 +110,7 @@ METHODS: Mapping[str, Method] = {
                 label=f"SFT→RL (switch at {n}/8)",
                 tables={"mixer": {"type": "sequential"}},
                 reasons={"mixer.*": "a static schedule: SFT steps, then GRPO"},
-                schedule=lambda steps, n=n: {"mixer": {"sft_steps": max(1, steps * n // 8)}},
+                schedule=_switch_at(n),
             )
             for n in (1, 2, 4)
         ),

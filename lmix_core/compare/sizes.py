@@ -83,10 +83,14 @@ class Sizes:
     eval_temperature: float = 0.6
     gate_problems: int = attrs.field(default=200, validator=v.ge(1))
     probe_max_new_tokens: int = attrs.field(default=12, validator=v.ge(1))
-    train_seeds: tuple[int, ...] = attrs.field(default=(0, 1, 2), converter=tuple)
-    data_seeds: tuple[int, ...] = attrs.field(default=(0, 1), converter=tuple)
+    train_seeds: tuple[int, ...] = (0, 1, 2)
+    data_seeds: tuple[int, ...] = (0, 1)
 
     def __attrs_post_init__(self) -> None:
+        for name in ("train_seeds", "data_seeds"):
+            seeds = getattr(self, name)
+            if not isinstance(seeds, tuple) or not seeds or len(set(seeds)) != len(seeds):
+                raise ConfigError(f"'{name}' must be a non-empty tuple of distinct seeds (got {seeds!r})")
         if not 1 <= self.early_step < self.pretrain_steps:
             raise ConfigError(
                 f"'early_step' must be in [1, pretrain_steps) (got {self.early_step}, {self.pretrain_steps})"

@@ -243,20 +243,32 @@ FILE_ROLES: Mapping[str, Role] = {
 
 def build_testbed(seed: int, sizes: TestbedSizes) -> dict[str, list[Any]]:
     """Every file's rows (corpus: strings) for data seed ``seed``."""
-    sft = {"style": "short", "answer_format": "boxed", "unworked_fraction": 0.5}
-    worked = {"style": "short", "answer_format": "boxed"}
+
+    def sft(name: str, levels: Sequence[int]) -> list[dict[str, Any]]:
+        return arithmetic(
+            sizes.sft,
+            seed=seed,
+            role="sft",
+            name=name,
+            levels=levels,
+            style="short",
+            answer_format="boxed",
+            unworked_fraction=0.5,
+        )
+
+    def worked(n: int, role: Role, name: str, levels: Sequence[int]) -> list[dict[str, Any]]:
+        return arithmetic(
+            n, seed=seed, role=role, name=name, levels=levels, style="short", answer_format="boxed"
+        )
+
     return {
         "corpus": corpus(sizes.corpus_documents, seed=seed, facts_per_document=sizes.facts_per_document),
-        "sft": arithmetic(sizes.sft, seed=seed, role="sft", name="sft", levels=EASY_LEVELS, **sft),
-        "sft_narrow": arithmetic(sizes.sft, seed=seed, role="sft", name="sft_narrow", levels=(1,), **sft),
-        "rl": arithmetic(sizes.rl, seed=seed, role="rl", name="rl", levels=EASY_LEVELS, **worked),
-        "rl_hard": arithmetic(
-            sizes.rl_hard, seed=seed, role="rl", name="rl_hard", levels=HARD_LEVELS, **worked
-        ),
-        "eval": arithmetic(sizes.eval, seed=seed, role="eval", name="eval", levels=EASY_LEVELS, **worked),
-        "eval_hard": arithmetic(
-            sizes.eval_hard, seed=seed, role="eval", name="eval_hard", levels=HARD_LEVELS, **worked
-        ),
+        "sft": sft("sft", EASY_LEVELS),
+        "sft_narrow": sft("sft_narrow", (1,)),
+        "rl": worked(sizes.rl, "rl", "rl", EASY_LEVELS),
+        "rl_hard": worked(sizes.rl_hard, "rl", "rl_hard", HARD_LEVELS),
+        "eval": worked(sizes.eval, "eval", "eval", EASY_LEVELS),
+        "eval_hard": worked(sizes.eval_hard, "eval", "eval_hard", HARD_LEVELS),
         "probe": probe_items(sizes.probe, seed=seed, role="probe", name="probe"),
     }
 
