@@ -8,7 +8,7 @@ import re
 from collections import Counter, deque
 from fractions import Fraction
 from numbers import Integral
-from typing import Literal, final
+from typing import Literal, TypeGuard, final
 
 import attrs
 
@@ -82,6 +82,8 @@ class Countdown(RewardVerifier):
         )
         max_expression_chars: int = attrs.field(default=200, validator=attrs.validators.ge(1))
 
+    config: Config
+
     def expression(self, completion: str) -> str | None:
         """The final expression of ``completion`` (see the class docstring), or None."""
         found = _last(_ANSWER_RE, completion) or _last(_BOXED_RE, completion)
@@ -137,7 +139,7 @@ def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     return matches[0] if matches else None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[Integral]:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 

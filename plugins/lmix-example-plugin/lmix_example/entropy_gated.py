@@ -57,6 +57,8 @@ class EntropyGated(PolicyCombiner):
             if self.alpha_min > self.alpha_max:
                 raise ValueError(f"'alpha_min' must be <= alpha_max={self.alpha_max} (got {self.alpha_min})")
 
+    config: Config
+
     @property
     def num_references(self) -> int:
         """One frozen reference policy."""
