@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -567,8 +567,8 @@ class _StatsFunction(torch.autograd.Function):
     """Forward: chunked statistics; backward: recompute each chunk's logits and chain the gradient."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,  # noqa: ANN001
+    def forward(
+        ctx: Any,
         h_policy: Tensor,
         w_policy: Tensor,
         targets: Tensor,
@@ -608,7 +608,7 @@ class _StatsFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_logp: Tensor | None, g_ent: Tensor | None):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, g_logp: Tensor | None, g_ent: Tensor | None) -> tuple[Tensor | None, ...]:
         h_policy, w_policy, targets, shift, log_s, ent = ctx.saved_tensors
         ent = ent if ctx.want_entropy else None
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -659,8 +659,8 @@ class _LossFunction(torch.autograd.Function):
     """Forward: chunked statistics, per-token loss and its gradient; backward: scale the stored gradient."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,  # noqa: ANN001
+    def forward(
+        ctx: Any,
         h_policy: Tensor,
         w_policy: Tensor,
         targets: Tensor,
@@ -714,14 +714,14 @@ class _LossFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_loss: Tensor | None, *_: Tensor | None):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, g_loss: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
         grad_h, grad_w = ctx.grads
         ctx.grads = (None, None)
         none = (None,) * 8
         if g_loss is None:
             return (None, None, *none)
         scale = g_loss.to(torch.float64)
-        out = []
+        out: list[Tensor | None] = []
         for grad, dtype in zip((grad_h, grad_w), ctx.dtypes):
             if grad is None:
                 out.append(None)
