@@ -105,6 +105,11 @@ def compare(
     mappings = {n: runner.method_recipe(layout, sizes, comparison, m, d, t) for n, m in methods.items()}
     for n, mapping in mappings.items():  # every recipe problem now, before hours of runs
         recipe_from_mapping(mapping, source=f"method {n!r}")
+    ahead = runner.projection(layout, sizes, [(comparison, list(methods))])
+    if ahead["seconds"] is not None:
+        log(
+            f"{ahead['left']} runs to go: about {ahead['seconds'] / 60:.0f} min at the measured cost per step"
+        )
     outcome = runner.run_comparison(layout, sizes, comparison, methods, log, enforce_gate=preset != "tiny")
     rows = table.rows(layout, sizes, comparison, methods)
     diffs = differences(mappings, comparison.baseline, {n: m.reasons for n, m in methods.items()})

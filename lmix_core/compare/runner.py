@@ -586,6 +586,39 @@ def evaluate_start(
     return result
 
 
+def projection(
+    layout: Layout, sizes: Sizes, plan: Sequence[tuple[Comparison, Sequence[str]]]
+) -> dict[str, Any]:
+    """Seconds the unfinished runs of ``plan`` (comparisons and their method names) should take, from the measured
+    costs of the finished ones: a run's mean wall seconds per step (training and evaluation), per method where that
+    method has finished runs, else over every finished run.
+
+    Returns ``{"done": finished runs, "left": unfinished runs, "seconds": projected seconds}``; ``seconds`` is None
+    when no run has finished yet.
+    """
+    per_step: dict[str, list[float]] = {}
+    left: list[str] = []
+    done = 0
+    for comparison, names in plan:
+        for name in names:
+            for d, t in cells(sizes):
+                path = layout.run_dir(comparison.name, name, d, t) / "result.json"
+                if path.exists():
+                    c = read_json(path)["costs"]
+                    per_step.setdefault(name, []).append(c["wall_s"] / max(c["steps"], 1))
+                    done += 1
+                else:
+                    left.append(name)
+    every = [x for xs in per_step.values() for x in xs]
+    if not every:
+        return {"done": 0, "left": len(left), "seconds": None}
+    mean = sum(every) / len(every)
+    seconds = sum(
+        sizes.post.steps * (sum(per_step[n]) / len(per_step[n]) if n in per_step else mean) for n in left
+    )
+    return {"done": done, "left": len(left), "seconds": seconds}
+
+
 def cells(sizes: Sizes) -> list[tuple[int, int]]:
     """The (data seed, training seed) cells, data seed outermost."""
     return [(d, t) for d in sizes.data_seeds for t in sizes.train_seeds]
@@ -650,6 +683,7 @@ __all__ = [
     "evaluate_start",
     "method_recipe",
     "prepare",
+    "projection",
     "run_comparison",
     "run_method",
     "start_model",

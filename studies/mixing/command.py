@@ -98,6 +98,12 @@ def run_study(
                 layout, sizes, c, methods, log, enforce_gate=sizes.preset != "tiny", gate_only=gates_only
             )
             report.write_report(layout, sizes, comparisons, results, command=command)
+            left = runner.projection(layout, sizes, [(x, x.methods) for x in comparisons])
+            if left["seconds"] is not None:
+                log(
+                    f"{left['done']} runs finished, {left['left']} to go: about {left['seconds'] / 3600:.2f} h more "
+                    "at the measured cost per step"
+                )
         entry["finished"] = True
     finally:
         entry["wall_s"] = time.perf_counter() - t0

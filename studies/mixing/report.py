@@ -201,6 +201,9 @@ def write_report(
         "",
         f"- the study: `{command}` (interrupt at any point; the same command continues; `--report-only` "
         "rewrites this file)",
+        f"- one run: its resolved recipe is `{layout.out}/<comparison>/<method>/d<D>-t<T>/recipe.toml`; "
+        "`lmix run <that file> --out DIR` repeats it (the data and starting models are under "
+        f"`{layout.out}/data`, `{layout.out}/pretrain` and `{layout.out}/start`)",
         f"- hardware: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
         f"- times: {_times(layout)}",

@@ -86,3 +86,12 @@ def test_other_sizes_in_the_same_folder_are_refused(study: dict) -> None:
 
     with pytest.raises(LmixError, match="other sizes"):
         runner.check_out(study["layout"], attrs.evolve(SIZES, eval_samples=3))
+
+
+def test_projection_prices_unfinished_runs_at_the_measured_cost_per_step(study: dict) -> None:
+    layout = study["layout"]
+    costs = json.loads((layout.run_dir("format", "grpo", 0, 0) / "result.json").read_text())["costs"]
+    plan_ = [(COMPARISONS["format"], ["grpo"]), (COMPARISONS["switch"], ["sasr"])]
+    ahead = runner.projection(layout, SIZES, plan_)
+    assert (ahead["done"], ahead["left"]) == (1, 1)
+    assert ahead["seconds"] == pytest.approx(SIZES.post.steps * costs["wall_s"] / costs["steps"])
