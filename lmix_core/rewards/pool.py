@@ -66,13 +66,16 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, cast, final
 
 import attrs
 
 from lmix_core.errors import ComponentTypeError, LmixError
 from lmix_core.interfaces.reward import RewardVerifier
 from lmix_core.types import RewardInput, Verdict
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
 #: A verifier to run: an instance (must be picklable), or ``(registered name, Config or parameter mapping)``.
 VerifierSpec = RewardVerifier | tuple[str, Any]
@@ -383,7 +386,8 @@ class RewardPool:
             raise LmixError(f"'timeout_s' must be > 0 (got {timeout_s})")
         self.workers = n
         self.timeout_s = float(timeout_s)
-        self._ctx = mp.get_context(start_method)
+        # the concrete context of a start method (BaseContext, what a Literal union gets typed as, has no Process)
+        self._ctx = cast("ForkContext | SpawnContext | ForkServerContext", mp.get_context(start_method))
         if start_method == "forkserver":
             self._ctx.set_forkserver_preload(
                 [FORK_SERVER_MODULE, *(m for m in preload if m != FORK_SERVER_MODULE)]
