@@ -9,11 +9,12 @@ there is no example.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -44,7 +45,7 @@ def evaluate(
     backend: TrainerBackend,
     rewards: Any,
     examples: Sequence[Example],
-    render,  # noqa: ANN001 - (tokenizer, Example) -> str
+    render: Callable[[Any, Example], str],
     config: EvalConfig,
     sampling: SamplingConfig,
     *,
@@ -224,6 +225,11 @@ DATA_OPTIONS: Mapping[str, str] = {
 }
 
 
+def _write_record(writer: IO[str], record: dict[str, Any]) -> None:
+    """One JSON line of ``lmix eval --completions``."""
+    writer.write(json.dumps(finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n")
+
+
 def eval_command(args: Any) -> int:
     """``lmix eval MODEL_OR_RUN [--data FILE] [--recipe RECIPE] [data options] [--rewards a,b] [--samples K]
     [--deploy D] [--out FILE] [--completions FILE] [--backend NAME] [KEY=VALUE ...]``.
@@ -301,16 +307,13 @@ def eval_command(args: Any) -> int:
     if args.completions:
         writer = open(args.completions, "w")  # noqa: SIM115 - closed below
 
-    def on_sample(record: dict[str, Any]) -> None:
-        writer.write(json.dumps(finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n")
-
     try:
         result = evaluate_saved(
             recipe,
             model_dir,
             distribution=None if args.deploy in (None, "auto") else args.deploy,
             examples=examples,
-            on_sample=None if writer is None else on_sample,
+            on_sample=None if writer is None else functools.partial(_write_record, writer),
         )
     finally:
         if writer is not None:
