@@ -182,7 +182,7 @@ def train(recipe: Any, out_dir: Path, *, start: Start = "new", quiet: bool = Fal
             print(
                 f"lmix run: {str(out_dir)!r} is already complete (step {n} of {n}); nothing to do", flush=True
             )
-        return {**finished, "already_complete": True}
+        return {**(finished or {}), "already_complete": True}  # "complete" comes with the summary
     resume = action == "resume"
     torch.manual_seed(recipe.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
