@@ -4,6 +4,10 @@ Splitting is exact because the loop precomputes every token's loss weight for th
 a sum of per-row terms, so summing the chunks' losses (and their gradients) gives the unsplit value. Every tensor
 in ``MicroBatch.tensors`` whose first dimension is the number of rows ``N`` is sliced with the rows; any other
 tensor (a scalar, a per-question table) is passed whole to every chunk.
+
+Chunks are row slices and may split a group's rollouts; the shared-prompt forward (:mod:`lmix_hf.token_stats`) finds
+repeated prompts from the tokens of each chunk, so a split group shares its prompt within each chunk and the result
+is the same (a ``micro_batch_size`` that is a multiple of the group size shares the most).
 """
 
 from __future__ import annotations
