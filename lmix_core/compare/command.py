@@ -19,7 +19,7 @@ from typing import Any
 
 from lmix_core.compare.methods import COMPARISONS, METHODS, Comparison, Method, differences
 from lmix_core.compare.sizes import PRESETS
-from lmix_core.errors import ConfigError
+from lmix_core.errors import ConfigError, UsageError
 
 METHOD_TABLES = ("combiner", "advantage", "loss", "mixer")
 """The recipe tables that define a method; the rest of a recipe is the regime's."""
@@ -30,7 +30,7 @@ def user_method(path: Path) -> Method:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"recipe {str(path)!r} does not exist") from None
+        raise UsageError(f"recipe {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
     tables = {k: data[k] for k in METHOD_TABLES if k in data}
@@ -53,7 +53,7 @@ def comparison_for(regime: str) -> Comparison:
     found = [c for c in COMPARISONS.values() if c.regime == regime]
     if not found:
         known = sorted({c.regime for c in COMPARISONS.values()})
-        raise ConfigError(f"'--regime' must be one of {known} (got {regime!r})")
+        raise UsageError(f"'--regime' must be one of {known} (got {regime!r})")
     return found[0]
 
 
@@ -83,7 +83,7 @@ def compare(
     names = baselines if baselines is not None else list(comparison.methods)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise ConfigError(f"'--baselines' must name built-in methods among {sorted(METHODS)} (got {unknown})")
+        raise UsageError(f"'--baselines' must name built-in methods among {sorted(METHODS)} (got {unknown})")
     if comparison.baseline not in names:
         names = [comparison.baseline, *names]
     for g in comparison.gate_methods:
