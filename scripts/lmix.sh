@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's two commands:
 #   bash scripts/lmix.sh demo   set up .venv from scratch if needed, then run the embedded demo
-#   bash scripts/lmix.sh test   set up if needed, then lint, run the whole test suite and the wheel smoke test
+#   bash scripts/lmix.sh test   set up if needed, then lint, type-check, run the test suite and the wheel smoke test
 #                               (`test ARGS...` passes ARGS to pytest and skips the wheel smoke test)
 # Also: `setup` (only set up), `run ARGS...` (the lmix CLI inside the venv), `wheel-smoke` (only the wheel test).
 set -euo pipefail
@@ -71,6 +71,8 @@ case "$cmd" in
         ensure
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
+        [ -x "$VENV/bin/mypy" ] || setup  # a venv set up before mypy joined the test extra
+        "$VENV/bin/mypy" --cache-dir "$VENV/.mypy_cache"  # type-check lmix_core and the backends ([tool.mypy])
         HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -q "$@"
         if [ $# -eq 0 ]; then wheel_smoke; fi  # with pytest arguments (a subset), only the tests
         ;;
