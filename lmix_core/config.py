@@ -185,10 +185,11 @@ def _nested_attrs(tp: Any) -> type | None:
 
 
 def _default_of(f: attrs.Attribute) -> Any:
-    if isinstance(f.default, attrs.Factory):  # type: ignore[arg-type]
-        factory = f.default.factory  # type: ignore[union-attr]
-        return factory(None) if f.default.takes_self else factory()  # type: ignore[union-attr]
-    return f.default
+    default: Any = f.default
+    # attrs' annotations declare Factory a function; at runtime it is the class of factory defaults
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory(None) if default.takes_self else default.factory()
+    return default
 
 
 def _house_wording(message: str) -> str:

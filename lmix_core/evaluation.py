@@ -89,7 +89,7 @@ def evaluate(
                 top_p=1.0,
                 stop=sampling.stop,
                 seed=seed * 1_000_003 + start,
-                distribution=distribution,  # type: ignore[arg-type]
+                distribution=distribution,  # type: ignore[arg-type]  # "combined" or "policy": see deployment()
                 step=step,
             )
         )
@@ -127,7 +127,7 @@ def evaluate(
                 prompt_ids=(idle,),
                 max_new_tokens=1,
                 temperature=0.0,
-                distribution=distribution,  # type: ignore[arg-type]
+                distribution=distribution,  # type: ignore[arg-type]  # "combined" or "policy": see deployment()
                 step=step,
             )
         )

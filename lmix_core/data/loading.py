@@ -87,7 +87,7 @@ def _files(source: str, fmt: str, label: str, names: Names) -> tuple[str, list[P
             f"set {names.setting('format')} to 'json' (JSON lines or a JSON array), 'csv' (a header row) or "
             "'parquet'"
         )
-    return kinds.pop(), files  # type: ignore[return-value]
+    return kinds.pop(), files  # type: ignore[return-value]  # None was refused above
 
 
 def _known_schema(columns: Sequence[str]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Literal, final
 
 import attrs
@@ -23,8 +24,8 @@ def _compiles(instance: object, attribute: attrs.Attribute, value: str) -> None:
         ) from None
 
 
-def _as_tags(value: object) -> tuple:
-    return (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+def _as_tags(value: str | Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _tag_names(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:

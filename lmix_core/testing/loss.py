@@ -119,9 +119,9 @@ def _inputs(
 
 
 def _loss_and_grads(
-    loss: PolicyLoss, case: Case, weights: Tensor, **kw: object
+    loss: PolicyLoss, case: Case, weights: Tensor, **kw: Any
 ) -> tuple[Tensor, Tensor, Tensor]:
-    inputs, logp, entropy = _inputs(case, weights, **kw)  # type: ignore[arg-type]
+    inputs, logp, entropy = _inputs(case, weights, **kw)  # kw: _inputs' keyword options
     out = loss(inputs)
     value = out.loss
     if value.requires_grad:

@@ -40,7 +40,7 @@ from torch import Tensor
 from lmix_core.interfaces.combiner import PolicyCombiner
 from lmix_core.interfaces.rollout_engine import EngineContext, RolloutEngine, SharedModels
 from lmix_core.testing import _suite
-from lmix_core.types import Generation, GenerationRequest
+from lmix_core.types import Distribution, Generation, GenerationRequest
 
 _SUITE = "check_rollout_engine"
 #: Rows drawn for the distribution checks (one decoding step each).
@@ -162,7 +162,7 @@ def check_combined_distribution(factory: Factory) -> None:
     with torch.no_grad():
         z_pol = policy(input_ids=torch.tensor([prompt])).logits[0, -1].float()  # [V]
         z_ref = reference(input_ids=torch.tensor([prompt])).logits[0, -1].float()  # [V]
-    exact = {
+    exact: dict[Distribution, Tensor] = {
         "combined": torch.softmax(fx.combiner.mix_logits(z_pol, [z_ref], step=3) / TEMPERATURE, -1),  # [V]
         "policy": torch.softmax(z_pol / TEMPERATURE, -1),  # [V]
     }
@@ -179,7 +179,7 @@ def check_combined_distribution(factory: Factory) -> None:
                 max_new_tokens=1,
                 temperature=TEMPERATURE,
                 seed=11,
-                distribution=distribution,  # type: ignore[arg-type]
+                distribution=distribution,
                 step=3,
             )
         )

@@ -6,7 +6,7 @@ import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, cast, final
 
 import attrs
 import torch
@@ -25,6 +25,9 @@ from lmix_hf.lr_schedule import lr_at
 from lmix_hf.micro_batches import split_rows
 from lmix_hf.sampler import Sample
 from lmix_hf.token_stats import token_stats
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 
 @final
@@ -120,6 +123,8 @@ class HFBackend(TrainerBackend):
                 raise ConfigError(
                     f"'fsdp_offload' needs parallel = 'fsdp' (got parallel = {self.parallel!r})"
                 )
+
+    config: Config
 
     max_optimizer_states = 2
 
@@ -357,13 +362,15 @@ class HFBackend(TrainerBackend):
             for _ in range(most[0] - len(pieces)):
                 self._zero_pass(lockstep)
         if sharded:
-            self._model.reshard()  # FSDP keeps a root gathered after forward (for a backward that never comes)
+            # FSDP keeps a root gathered after forward (for a backward that never comes)
+            cast("FSDPModule", self._model).reshard()
 
         def cat(name: str) -> torch.Tensor | None:
             values = [getattr(p, name) for p in parts]
             return None if values[0] is None else torch.cat(values).cpu()
 
-        return TokenStats(logp=cat("logp"), entropy=cat("entropy"), ref_logp=cat("ref_logp"))
+        logp = torch.cat([p.logp for p in parts]).cpu()
+        return TokenStats(logp=logp, entropy=cat("entropy"), ref_logp=cat("ref_logp"))
 
     def _agree(
         self, counts: Sequence[int], batches: Sequence[TokenBatch], ref_logp: bool

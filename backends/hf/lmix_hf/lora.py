@@ -67,7 +67,7 @@ def attach(
         ) from exc
     config = peft.LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int, but only computes α / r: a float works
         lora_dropout=dropout,
         target_modules=list(target_modules) if target_modules else "all-linear",
         bias="none",
@@ -98,7 +98,10 @@ class LoraPolicy:
 
         self.peft_model = peft_model
         self.model = peft_model.get_base_model()
-        self._layers = {name: m for name, m in self.model.named_modules() if isinstance(m, BaseTunerLayer)}
+        # peft's LoRA layer classes (lora.Linear, ...): BaseTunerLayer does not declare get_delta_weight
+        self._layers: dict[str, Any] = {
+            name: m for name, m in self.model.named_modules() if isinstance(m, BaseTunerLayer)
+        }
         frozen = {id(self.model.get_output_embeddings()), id(self.model.get_input_embeddings())}
         adapted = sorted(n for n, m in self._layers.items() if id(m) in frozen)
         if adapted:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from lmix_core.errors import BackendError
-from lmix_core.types import TokenBatch
+from lmix_core.types import Distribution, TokenBatch
 from lmix_hf.distributed import Topology
 
 T = TypeVar("T")
@@ -129,7 +129,9 @@ def wrap(
         )
     for layer in layers:
         fully_shard(layer, **kwargs)
-    return fully_shard(Scope(lm), **kwargs)
+    root = Scope(lm)
+    fully_shard(root, **kwargs)  # in place: root's class becomes an FSDPModule subclass of Scope
+    return root
 
 
 def decoder_layers(lm: nn.Module) -> list[nn.Module]:
@@ -180,7 +182,7 @@ def max_over_ranks(counts: Sequence[int], topology: Topology) -> list[int]:
     return [int(x) for x in t.tolist()]
 
 
-def dummy_batch(pad_id: int, distribution: str) -> TokenBatch:
+def dummy_batch(pad_id: int, distribution: Distribution) -> TokenBatch:
     """One row of two real tokens, the second scored: a pass that runs every collective of a real chunk and
     whose zero-weighted loss puts every parameter in the graph (zero gradient)."""
     ids = torch.full((1, 2), pad_id, dtype=torch.long)  # [1, 2]
@@ -198,7 +200,8 @@ def full_state(model: Any, *, rank0_only: bool) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
-    return {k.removeprefix("lm."): v for k, v in get_model_state_dict(model, options=options).items()}
+    state = get_model_state_dict(model, options=options)
+    return {k.removeprefix("lm."): cast(torch.Tensor, v) for k, v in state.items()}  # a module's: all tensors
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -221,7 +224,7 @@ def gathered(model: Any, *, dtype: torch.dtype, device: torch.device) -> nn.Modu
     return plain_copy(lm, state, device=device).requires_grad_(False).eval()
 
 
-def plain_copy(lm: nn.Module, state: dict[str, torch.Tensor], *, device: torch.device) -> nn.Module:
+def plain_copy(lm: Any, state: dict[str, torch.Tensor], *, device: torch.device) -> Any:
     """A transformers model of ``lm``'s class and config holding ``state``'s tensors (no copy) and ``lm``'s
     buffers (moved to ``device``); built on the meta device, so nothing is initialised twice."""
     with torch.device("meta"):

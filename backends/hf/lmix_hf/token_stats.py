@@ -164,7 +164,7 @@ class _Record:
 
     def update(
         self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: object, **kwargs: object
-    ):
+    ) -> tuple[Tensor, Tensor]:
         self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
         return key_states, value_states
 
@@ -177,7 +177,7 @@ class _Prepend:
 
     def update(
         self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: object, **kwargs: object
-    ):
+    ) -> tuple[Tensor, Tensor]:
         keys = self.context.keys[layer_idx].index_select(0, self.group)  # [N', H_kv, P, D]
         values = self.context.values[layer_idx].index_select(0, self.group)  # [N', H_kv, P, D]
         return torch.cat([keys, key_states], -2), torch.cat([values, value_states], -2)

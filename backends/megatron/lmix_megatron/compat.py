@@ -168,6 +168,7 @@ def _install_rng(random_module: types.ModuleType) -> None:
     def set_state(state: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         torch.set_rng_state(state)
 
+    # Reason for the ignores: the patch replaces module functions that the module's annotations do not declare.
     random_module._get_cuda_rng_state = get_state  # type: ignore[attr-defined]
     random_module._set_cuda_rng_state = set_state  # type: ignore[attr-defined]
 
@@ -188,7 +189,7 @@ def install(*, force: bool = False) -> bool:
     proxy = _TorchOnCPU()
     for name in PROXIED_MODULES:
         module = importlib.import_module(name)
-        module.torch = proxy  # type: ignore[attr-defined]
+        module.torch = proxy  # type: ignore[attr-defined]  # the module's global `torch`, replaced on purpose
     _install_rng(importlib.import_module("megatron.core.tensor_parallel.random"))
     _install_tensor_methods()
     _state["installed"] = True

@@ -250,6 +250,7 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
         device = "cpu" if config.use_cpu_initialization else torch.cuda.current_device()
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype, device=device))
+        # megatron reads this flag off the parameter (sequence-parallel gradient all-reduce)
         self.weight.sequence_parallel = bool(config.sequence_parallel)  # type: ignore[attr-defined]
 
     def forward(self, x: Tensor) -> Tensor:
