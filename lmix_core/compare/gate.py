@@ -56,11 +56,13 @@ def check_gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str
             "p_value": d.p_value,
         }
     if gate == "static_spread":
-        scores = {m: matrix(runs(m), "task") for m in comparison.gate_methods}
+        scores = {m: matrix(runs(m), comparison.metric) for m in comparison.gate_methods}
         means = {m: float(x.mean()) for m, x in scores.items()}
         best, worst = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
         d = stats.paired_difference(scores[best], scores[worst])
-        why = f"best static schedule ({best}) minus worst ({worst}), held-out pass@1: {d.render()}"
+        why = (
+            f"best static schedule ({best}) minus worst ({worst}), held-out {comparison.metric}: {d.render()}"
+        )
         return {
             "gate": gate,
             "passed": d.significant,

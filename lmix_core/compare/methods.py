@@ -19,6 +19,9 @@ import attrs
 
 Tables = Mapping[str, Any]
 
+FORMAT_PATTERN = r"(?s).*\\boxed\{-?[0-9]+\}\s*"
+"""The SFT format: the completion ends with ``\\boxed{N}`` (the corpus's ``Answer: N`` does not match)."""
+
 
 def _no_schedule(steps: int) -> Tables:
     return {}
@@ -193,7 +196,8 @@ class Comparison:
         shared: tables that every method of this comparison shares beyond the default recipe (an estimator,
             several PPO epochs).
         gate_methods: the methods the regime's gate reads; they run first.
-        metric: the headline metric: ``task`` (held-out pass@1) or ``probe`` (exact match).
+        metric: the headline metric: ``task`` (held-out pass@1), ``strict`` (correct and in the SFT format) or
+            ``probe`` (exact match); the ``static_spread`` gate reads it.
     """
 
     name: str
@@ -233,6 +237,7 @@ COMPARISONS: Mapping[str, Comparison] = {
                 regime=f"narrow_{when}",
                 baseline="grpo",
                 methods=("grpo", "sft", "sft_then_rl", "parallel_average"),
+                shared={"backend": {"lr": 3e-4}},
                 gate_methods=("sft",),
                 metric="probe",
             )
@@ -256,7 +261,14 @@ COMPARISONS: Mapping[str, Comparison] = {
                 "grpo",
                 "sasr",
             ),
+            shared={
+                "rewards": [
+                    {"type": "math", "weight": 1.0},
+                    {"type": "format", "weight": 0.5, "pattern": FORMAT_PATTERN},
+                ]
+            },
             gate_methods=("switch_1of8", "switch_2of8", "switch_4of8", "constant_0p1", "constant_0p5"),
+            metric="strict",
         ),
         Comparison(
             name="hard",

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from lmix_core.compare.methods import Comparison, Method, merged
+from lmix_core.compare.methods import FORMAT_PATTERN, Comparison, Method, merged
 from lmix_core.compare.sizes import Budget, Sizes
 from lmix_core.errors import LmixError
 from lmix_core.testbed.regimes import REGIMES, Regime
@@ -42,8 +42,6 @@ from lmix_core.testbed.regimes import REGIMES, Regime
 Log = Callable[[str], None]
 
 PROMPT_TEMPLATE = "{prompt}\n"
-FORMAT_PATTERN = r"(?s).*\\boxed\{-?[0-9]+\}\s*"
-"""The SFT format: the completion ends with ``\\boxed{N}`` (the corpus's ``Answer: N`` does not match)."""
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -336,7 +334,7 @@ def _per_problem(
     dist: str,
     seed: int,
 ) -> dict[str, list[float]]:
-    """Per-problem mean correctness and SFT-format share over ``eval_cfg.samples`` completions."""
+    """Per-problem shares over ``eval_cfg.samples`` completions: correct, in the SFT format, and both (``strict``)."""
     from lmix_core.evaluation import evaluate
 
     records: list[dict[str, Any]] = []
@@ -354,16 +352,20 @@ def _per_problem(
     position = {ex.index: i for i, ex in enumerate(examples)}
     correct = [0.0] * len(examples)
     fmt = [0.0] * len(examples)
+    strict = [0.0] * len(examples)
     count = [0] * len(examples)
     pattern = re.compile(FORMAT_PATTERN)
     for r in records:
         i = position[r["index"]]
         correct[i] += float(r["correct"])
-        fmt[i] += float(pattern.fullmatch(r["completion"]) is not None)
+        in_format = pattern.fullmatch(r["completion"]) is not None
+        fmt[i] += float(in_format)
+        strict[i] += float(in_format and r["correct"])
         count[i] += 1
     return {
         "correct": [c / max(n, 1) for c, n in zip(correct, count)],
         "format": [f / max(n, 1) for f, n in zip(fmt, count)],
+        "strict": [f / max(n, 1) for f, n in zip(strict, count)],
     }
 
 
@@ -430,6 +432,7 @@ def evaluate_model(
             out[name] = {
                 "deploy": dist,
                 "task": task["correct"],
+                "strict": task["strict"],
                 "format": task["format"],
                 "probe": probe["correct"],
             }

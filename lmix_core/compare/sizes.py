@@ -76,7 +76,7 @@ class Sizes:
     pretrain_docs: int = attrs.field(default=32, validator=v.ge(1))
     pretrain_lr: float = 3e-3
     early_step: int = attrs.field(default=400, validator=v.ge(1))
-    sft_start: Budget = attrs.field(factory=lambda: Budget(steps=60, prompts_per_step=16))
+    sft_start: Budget = attrs.field(factory=lambda: Budget(steps=100, prompts_per_step=16, lr=3e-4))
     post: Budget = attrs.field(factory=lambda: Budget(steps=120))
     save_every: int = attrs.field(default=20, validator=v.ge(0))
     eval_samples: int = attrs.field(default=4, validator=v.ge(1))
@@ -109,7 +109,7 @@ QUICK = attrs.evolve(
     testbed=attrs.evolve(FULL.testbed, corpus_documents=24_000),
     pretrain_steps=800,
     early_step=200,
-    sft_start=Budget(steps=40, prompts_per_step=16),
+    sft_start=Budget(steps=60, prompts_per_step=16, lr=3e-4),
     post=Budget(steps=40, max_new_tokens=80),
     save_every=10,
     eval_samples=2,

@@ -30,7 +30,8 @@ def results(layout: Layout, sizes: Sizes, comparison: Comparison, method: str) -
 
 
 def matrix(runs: Sequence[Mapping[str, Any]], metric: str, deployment: str = "default") -> np.ndarray:
-    """Per-problem scores of one metric (``task``, ``format``, ``probe``), one row per cell. Shape ``[C, P]``."""
+    """Per-problem scores of one metric (``task``: correct; ``format``: in the SFT format; ``strict``: both;
+    ``probe``: exact match), one row per cell. Shape ``[C, P]``."""
     return np.array([r["evals"][deployment][metric] for r in runs], dtype=np.float64)
 
 
@@ -59,7 +60,7 @@ def rows(
         if runs is None:
             out.append(row | {"missing": True})
             continue
-        for metric in ("task", "format", "probe"):
+        for metric in ("task", "format", "strict", "probe"):
             x = matrix(runs, metric, dep)
             row[metric] = stats.estimate(x)
             if base is not None and not row["baseline"]:
@@ -84,13 +85,13 @@ def rows(
 def render(table: Sequence[Mapping[str, Any]], *, baseline_label: str) -> str:
     """The table as markdown: mean [95% CI] and Δ vs the baseline [95% CI] (``*``: significant at 5%)."""
     head = (
-        f"| method | held-out pass@1 | Δ vs {baseline_label} | SFT format | probe exact match | Δ probe | "
-        "rollouts | RL tokens | SFT steps | wall s |\n|---|---|---|---|---|---|---|---|---|---|"
+        f"| method | held-out pass@1 | Δ vs {baseline_label} | SFT format | correct in SFT format | probe exact match | "
+        "Δ probe | rollouts | RL tokens | SFT steps | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in table:
         if r.get("missing"):
-            lines.append(f"| {r['label']} | not run | | | | | | | | |")
+            lines.append(f"| {r['label']} | not run | | | | | | | | | |")
             continue
 
         def d(key: str, r: Mapping[str, Any] = r) -> str:
@@ -102,7 +103,7 @@ def render(table: Sequence[Mapping[str, Any]], *, baseline_label: str) -> str:
             else "- | - | - | -"
         )
         lines.append(
-            f"| {r['label']} | {r['task'].render()} | {d('d_task')} | {r['format'].render()} | "
+            f"| {r['label']} | {r['task'].render()} | {d('d_task')} | {r['format'].render()} | {r['strict'].render()} | "
             f"{r['probe'].render()} | {d('d_probe')} | {cost} |"
         )
     return "\n".join(lines)

@@ -12,14 +12,16 @@ comparison runner checks the gate on the regime's own runs before it trains any 
   SFT model improves held-out pass@1 significantly (the base setting: half of the SFT demonstrations are bare
   answers, so RL has room).
 * ``narrow_early`` / ``narrow_final`` (parallel averaging, "RL Excursions during Pre-Training", arXiv 2606.04272):
-  SFT on level-1 problems only, for as many steps as RL, degrades the probe skills (string manipulation) that
-  only pretraining taught; ``narrow_early`` starts from an early pretraining checkpoint where RL alone has
+  SFT on level-1 problems only, for as many steps as RL and at a learning rate of 3e-4 shared by every method of
+  the comparison, degrades the probe skills (string manipulation) that only pretraining taught; ``narrow_early`` starts from an early pretraining checkpoint where RL alone has
   little signal, ``narrow_final`` from the final one. Gate: SFT lowers the probe's exact match significantly
   (otherwise "keeps general capability" has nothing to keep).
-* ``switch`` (SASR, arXiv 2505.13026): from the final pretrained checkpoint (which does not know the
-  ``\\boxed{}`` format), SFT→RL with the switch at an eighth, a quarter or a half of the run, and constant mixes
-  μ = 0.1 and 0.5. Gate: the static schedules differ significantly (best minus worst), i.e. the switch point
-  matters, so an adaptive schedule has something to win.
+* ``switch`` (SASR, arXiv 2505.13026): from the final pretrained checkpoint, which never writes ``\\boxed{}``,
+  with a reward that pays correctness (1) and the SFT format (0.5): only demonstrations can teach the format, while
+  too much imitation of their worse working (short, or none) costs correctness, so when to switch matters. The
+  metric is ``strict`` (correct and in the SFT format). Static schedules: SFT→RL with the switch at an eighth, a
+  quarter or a half of the run, and constant mixes μ = 0.1 and 0.5. Gate: they differ significantly (best minus
+  worst), i.e. the switch point matters, so an adaptive schedule has something to win.
 * ``hard`` (Prefix-RFT, arXiv 2507.01679, and LUFFY, arXiv 2504.14945): RL prompts at hard levels (3-4
   operations on 3-digit numbers, never in the corpus) with worked demonstrations, from the SFT model. Gate: the
   starting model's pass@8 on the hard RL prompts is below 0.05, so on-policy sampling rarely sees a reward and the

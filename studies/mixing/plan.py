@@ -57,9 +57,9 @@ CHECKS: Mapping[str, tuple[Check, ...]] = {
         for w in ("early", "final")
     },
     "switch": (
-        Check(a="sasr", b="best_static", metric="task", kind="better"),
-        Check(a="sasr", b="sft", metric="task", kind="better"),
-        Check(a="sasr", b="grpo", metric="task", kind="better"),
+        Check(a="sasr", b="best_static", metric="strict", kind="better"),
+        Check(a="sasr", b="sft", metric="strict", kind="better"),
+        Check(a="sasr", b="grpo", metric="strict", kind="better"),
     ),
     "hard": (
         Check(a="prefix_rft", b="sft", metric="task", kind="better"),
