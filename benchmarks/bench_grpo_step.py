@@ -347,6 +347,9 @@ def run_workload(name: str, args: argparse.Namespace, model_dir: Path, root: Pat
     if "floor" in med and "trl" in med:
         ratios["floor/trl"] = med["floor"]["step"] / med["trl"]["step"]
     out["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    for a, b in (("lmix", "trl"), ("lmix", "floor")):
+        if a in rounds and b in rounds:  # paired within each round: the load moved less between the two
+            out[f"rounds_{a}/{b}"] = [round(x["step"] / y["step"], 3) for x, y in zip(rounds[a], rounds[b])]
     return out
 
 
