@@ -334,7 +334,8 @@ def _per_problem(
     dist: str,
     seed: int,
 ) -> dict[str, list[float]]:
-    """Per-problem shares over ``eval_cfg.samples`` completions: correct, in the SFT format, and both (``strict``)."""
+    """Per-problem shares over ``eval_cfg.samples`` completions: correct, in the SFT format, both (``strict``), and
+    whether any completion is correct (``any``: the problem's pass@k, k = the number of samples)."""
     from lmix_core.evaluation import evaluate
 
     records: list[dict[str, Any]] = []
@@ -366,6 +367,7 @@ def _per_problem(
         "correct": [c / max(n, 1) for c, n in zip(correct, count)],
         "format": [f / max(n, 1) for f, n in zip(fmt, count)],
         "strict": [f / max(n, 1) for f, n in zip(strict, count)],
+        "any": [float(c > 0) for c in correct],
     }
 
 
@@ -433,6 +435,7 @@ def evaluate_model(
                 "deploy": dist,
                 "task": task["correct"],
                 "strict": task["strict"],
+                "any": task["any"],
                 "format": task["format"],
                 "probe": probe["correct"],
             }

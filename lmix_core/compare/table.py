@@ -31,7 +31,7 @@ def results(layout: Layout, sizes: Sizes, comparison: Comparison, method: str) -
 
 def matrix(runs: Sequence[Mapping[str, Any]], metric: str, deployment: str = "default") -> np.ndarray:
     """Per-problem scores of one metric (``task``: correct; ``format``: in the SFT format; ``strict``: both;
-    ``probe``: exact match), one row per cell. Shape ``[C, P]``."""
+    ``any``: pass@k over the samples; ``probe``: exact match), one row per cell. Shape ``[C, P]``."""
     return np.array([r["evals"][deployment][metric] for r in runs], dtype=np.float64)
 
 

@@ -22,11 +22,18 @@ ORDER: tuple[str, ...] = ("format", "narrow_early", "narrow_final", "switch", "h
 """The comparisons, in the order the study runs them (the base setting's gate first)."""
 
 NOT_WORSE_MARGIN = 0.02
+METRIC_NAMES = {
+    "task": "held-out pass@1",
+    "format": "SFT-format share",
+    "strict": "pass@1 in the SFT format",
+    "any": "pass@k",
+    "probe": "probe exact match",
+}
 
 
 @attrs.frozen(kw_only=True)
 class Check:
-    """``a − b`` on ``metric`` (``task``, ``format``, ``probe``; deployment ``default`` unless ``a_deployment``).
+    """``a − b`` on ``metric`` (a key of :data:`METRIC_NAMES`; deployment ``default`` unless ``a_deployment``).
 
     ``b = "best_static"`` stands for the static schedule (``switch_*``, ``constant_*``) with the highest mean.
     """
@@ -39,7 +46,7 @@ class Check:
 
     def text(self) -> str:
         word = "higher than" if self.kind == "better" else f"not lower (margin {NOT_WORSE_MARGIN}) than"
-        return f"{self.a} {self.metric} {word} {self.b}"
+        return f"{self.a}'s {METRIC_NAMES[self.metric]} {word} {self.b}'s"
 
 
 CHECKS: Mapping[str, tuple[Check, ...]] = {
@@ -53,6 +60,8 @@ CHECKS: Mapping[str, tuple[Check, ...]] = {
             Check(a="parallel_average", b="sft", metric="probe", kind="better"),
             Check(a="parallel_average", b="grpo", metric="probe", kind="not_worse"),
             Check(a="sft_then_rl", b="grpo", metric="probe", kind="not_worse"),
+            Check(a="parallel_average", b="grpo", metric="any", kind="better"),
+            Check(a="parallel_average", b="sft_then_rl", metric="any", kind="better"),
         )
         for w in ("early", "final")
     },

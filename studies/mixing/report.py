@@ -60,7 +60,7 @@ def check_outcome(layout: Layout, sizes: Sizes, comparison: Comparison, check: C
         passed, against = d.significant and e.mean > 0, d.significant and e.mean < 0
     else:
         passed, against = e.low > -NOT_WORSE_MARGIN, e.high < -NOT_WORSE_MARGIN
-    text = check.text().replace("best_static", f"the best static schedule ({b_name})")
+    text = check.text().replace("best_static's", f"the best static schedule's ({b_name})")
     return {"text": text, "difference": d.render(), "passed": passed, "against": against}
 
 
