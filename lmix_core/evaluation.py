@@ -20,9 +20,10 @@ import torch
 
 from lmix_core.data.example import Example
 from lmix_core.interfaces.backend import TrainerBackend
+from lmix_core.interfaces.combiner import PolicyCombiner
 from lmix_core.settings import EvalConfig, SamplingConfig
 from lmix_core.train.batching import demonstration_batch
-from lmix_core.types import GenerationRequest
+from lmix_core.types import Distribution, GenerationRequest
 
 EVAL_ROWS = 64
 
@@ -34,11 +35,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
-def deployment(combiner: Any, config: EvalConfig) -> str:
+def deployment(combiner: PolicyCombiner, config: EvalConfig) -> Distribution:
     """``combined`` or ``policy``: the Config's choice, else the combiner's own default."""
     if config.deploy != "auto":
         return config.deploy
-    return str(combiner.deploy)
+    return combiner.deploy
 
 
 def evaluate(
@@ -49,7 +50,7 @@ def evaluate(
     config: EvalConfig,
     sampling: SamplingConfig,
     *,
-    distribution: str,
+    distribution: Distribution,
     seed: int = 0,
     step: int = 0,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
@@ -89,7 +90,7 @@ def evaluate(
                 top_p=1.0,
                 stop=sampling.stop,
                 seed=seed * 1_000_003 + start,
-                distribution=distribution,  # type: ignore[arg-type]  # "combined" or "policy": see deployment()
+                distribution=distribution,
                 step=step,
             )
         )
@@ -127,7 +128,7 @@ def evaluate(
                 prompt_ids=(idle,),
                 max_new_tokens=1,
                 temperature=0.0,
-                distribution=distribution,  # type: ignore[arg-type]  # "combined" or "policy": see deployment()
+                distribution=distribution,
                 step=step,
             )
         )

@@ -13,11 +13,13 @@ scores two models); the runner records them per run and the table prints them be
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 Tables = Mapping[str, Any]
+#: What a method is evaluated as: ``default`` (the recipe's own deployment) or the named distribution.
+Deployment = Literal["default", "combined", "policy"]
 
 FORMAT_PATTERN = r"(?s).*\\boxed\{-?[0-9]+\}\s*"
 """The SFT format: the completion ends with ``\\boxed{N}`` (the corpus's ``Answer: N`` does not match)."""
@@ -45,7 +47,7 @@ class Method:
     tables: Tables = attrs.field(factory=dict)
     reasons: Mapping[str, str] = attrs.field(factory=dict)
     schedule: Callable[[int], Tables] = _no_schedule
-    deployments: tuple[str, ...] = ("default",)
+    deployments: tuple[Deployment, ...] = ("default",)
 
 
 def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

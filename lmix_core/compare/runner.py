@@ -34,10 +34,11 @@ from typing import Any
 
 import attrs
 
-from lmix_core.compare.methods import FORMAT_PATTERN, Comparison, Method, merged
+from lmix_core.compare.methods import FORMAT_PATTERN, Comparison, Deployment, Method, merged
 from lmix_core.compare.sizes import Budget, Sizes
 from lmix_core.errors import LmixError
 from lmix_core.testbed.regimes import REGIMES, Regime
+from lmix_core.types import Distribution
 
 Log = Callable[[str], None]
 
@@ -331,7 +332,7 @@ def _per_problem(
     eval_cfg: Any,
     sampling: Any,
     rewards: Any,
-    dist: str,
+    dist: Distribution,
     seed: int,
 ) -> dict[str, list[float]]:
     """Per-problem shares over ``eval_cfg.samples`` completions: correct, in the SFT format, both (``strict``), and
@@ -378,7 +379,7 @@ def evaluate_model(
     eval_file: Path,
     probe_file: Path,
     sizes: Sizes,
-    deployments: Sequence[str],
+    deployments: Sequence[Deployment],
     seed: int,
     work: Path,
 ) -> dict[str, Any]:

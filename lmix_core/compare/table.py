@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lmix_core.compare import stats
-from lmix_core.compare.methods import Comparison, Method
+from lmix_core.compare.methods import Comparison, Deployment, Method
 from lmix_core.compare.runner import Layout, cells, read_json
 from lmix_core.compare.sizes import Sizes
 
@@ -44,7 +44,7 @@ def rows(
     """
     base = results(layout, sizes, comparison, comparison.baseline)
     out: list[dict[str, Any]] = []
-    entries: list[tuple[str, str, str]] = [("start", "start model", "default")]
+    entries: list[tuple[str, str, Deployment]] = [("start", "start model", "default")]
     for name, method in methods.items():
         for dep in method.deployments:
             label = method.label if dep == "default" else f"{method.label}, policy alone"

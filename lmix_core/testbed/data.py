@@ -49,7 +49,7 @@ from lmix_core.demo import task
 from lmix_core.errors import ConfigError
 
 Role = Literal["pretrain", "sft", "rl", "eval", "probe"]
-ROLE_BUCKETS: Mapping[str, tuple[int, int]] = {
+ROLE_BUCKETS: Mapping[Role, tuple[int, int]] = {
     "pretrain": (0, 600),
     "sft": (600, 700),
     "rl": (700, 850),
@@ -69,7 +69,7 @@ def role_of(key: str) -> Role:
     bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 1000
     for role, (lo, hi) in ROLE_BUCKETS.items():
         if lo <= bucket < hi:
-            return role  # type: ignore[return-value]
+            return role
     raise AssertionError(f"bucket {bucket} outside ROLE_BUCKETS")  # the ranges tile [0, 1000)
 
 

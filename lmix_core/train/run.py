@@ -19,6 +19,7 @@ from lmix_core.interfaces.backend import BackendContext
 from lmix_core.train.components import Components, RewardSuite
 from lmix_core.train.logging import batch_line, quiet_other_rank
 from lmix_core.train.loop import Trainer
+from lmix_core.types import Distribution
 
 
 def default_out_dir(recipe: Any) -> Path:
@@ -281,7 +282,7 @@ def evaluate_saved(
     recipe: Any,
     model_dir: Path,
     *,
-    distribution: str | None = None,
+    distribution: Distribution | None = None,
     examples: Any = None,
     on_sample: Any = None,
 ) -> dict[str, Any]:
