@@ -13,10 +13,10 @@ batch, ``micro_batch_size = 16``, CPU):
 - ``lora_separate_ref`` (only with ``--configs`` naming it): LoRA, but the reference is loaded from a copy of the model
   directory, which isolates the saving of the adapter-free reference from the saving of LoRA's optimiser state.
 
-Peak memory is the process's resident-set high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) at the end
-of the run; the reward worker processes are not counted (they are the same in every configuration). ``baseline`` is the
-high-water mark of the same process after importing torch, transformers, peft and lmix, before any model is loaded.
-Step time is the median ``step_time_s`` after the first step (``--steps`` steps in all); it depends on the machine's
+Peak memory is the process's resident-set high-water mark (``VmHWM`` in ``/proc/self/status``) at the end of the
+run; the reward worker processes are not counted (they are the same in every configuration). ``baseline`` is the
+same process's resident set (``VmRSS``) after importing torch, transformers, peft and lmix, before any model is
+loaded. Step time is the median ``step_time_s`` after the first step (``--steps`` steps in all); it depends on the machine's
 load, which is printed before and after each configuration. ``--recompute`` sets ``backend.recompute = "full"``
 (activation checkpointing) in every configuration.
 
@@ -53,9 +53,16 @@ PROMPTS, GROUP, NEW_TOKENS, LORA_RANK = 2, 8, 32, 16
 CONFIGS = ("full", "lora", "lora_separate_ref")
 
 
-def peak_rss_mib() -> float:
-    """This process's resident-set high-water mark in MiB (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def memory_mib(field: str) -> float:
+    """``VmHWM`` (the resident-set high-water mark) or ``VmRSS`` (the resident set now) of this process, in MiB.
+
+    ``VmHWM`` belongs to the process's address space, which ``exec`` replaces, so it starts afresh in a child;
+    ``getrusage``'s ``ru_maxrss`` survives ``exec`` and would include the parent's resident set at the fork.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the closest figure
 
 
 def make_inputs(root: Path) -> dict[str, Path]:
@@ -119,7 +126,7 @@ def child(config: str, root: Path, steps: int, threads: int, recompute: bool) ->
 
     if threads:
         torch.set_num_threads(threads)
-    baseline = peak_rss_mib()
+    baseline = memory_mib("VmRSS")
     inputs = {k: root / v for k, v in (("model", "model"), ("copy", "model_copy"), ("train", "train.jsonl"))}
     recipe = root / f"{config}.toml"
     recipe.write_text(recipe_text(config, inputs, steps, recompute))
@@ -127,7 +134,7 @@ def child(config: str, root: Path, steps: int, threads: int, recompute: bool) ->
     t0 = time.perf_counter()
     train(load_recipe(recipe), out, quiet=True)
     wall = time.perf_counter() - t0
-    peak = peak_rss_mib()
+    peak = memory_mib("VmHWM")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in records]
     print(
@@ -170,9 +177,14 @@ def main() -> None:
     )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.root, args.steps, args.threads, args.recompute)
+        return
+    if args.prepare:
+        inputs = make_inputs(args.root)
+        print(json.dumps({"model": SHAPE, **parameter_counts(inputs["model"])}), flush=True)
         return
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = sorted(set(configs) - set(CONFIGS))
@@ -180,9 +192,9 @@ def main() -> None:
         parser.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
     with tempfile.TemporaryDirectory(prefix="lmix-lora-mem-") as tmp:
         root = Path(tmp)
-        inputs = make_inputs(root)
-        counts = parameter_counts(inputs["model"])
-        print(json.dumps({"model": SHAPE, **counts}), flush=True)
+        # the model is written and counted in a child too, so this process stays small when it forks the others
+        prep = [sys.executable, __file__, "--prepare", "--root", str(root)]
+        print(subprocess.run(prep, capture_output=True, text=True, check=True).stdout.strip(), flush=True)
         results = {}
         for config in configs:
             load_before = os.getloadavg()[0]
