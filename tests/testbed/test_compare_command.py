@@ -10,7 +10,7 @@ import pytest
 from lmix_core.cli import main
 from lmix_core.compare.command import user_method
 
-RECIPE = Path(__file__).resolve().parents[2] / "studies" / "mixing" / "recipes" / "entropy_gated.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "studies" / "mixing" / "methods" / "entropy_gated.toml"
 
 
 def test_a_recipe_contributes_its_method_tables_only():
