@@ -159,6 +159,29 @@ def takes_plain_path(n: int, vocab: int, heads: int, entropy: bool) -> bool:
     return 4 * n * vocab * heads <= limit
 
 
+def _full_log_softmax(
+    h_policy: Tensor,
+    w_policy: Tensor,
+    h_refs: Sequence[Tensor],
+    w_refs: Sequence[Tensor],
+    mix: Mix | None,
+    temperature: float,
+) -> Tensor:
+    """``log softmax(mix(z_θ, z_refs) / T)`` from full ``[N, V]`` logits (references detached); each intermediate is
+    dropped as soon as autograd no longer needs it."""
+    dtype = stat_dtype(w_policy.dtype)
+    z = (h_policy @ w_policy.T).to(dtype)  # [N, V]
+    if mix is not None:
+        z_refs = [
+            (h.detach() @ w.detach().T).to(dtype) for h, w in zip(h_refs, w_refs, strict=True)
+        ]  # K × [N, V]
+        z = mix(z, z_refs)  # [N, V]
+        del z_refs
+    if temperature != 1.0:
+        z = z / temperature  # [N, V]
+    return torch.log_softmax(z, dim=-1)  # [N, V]
+
+
 def plain_token_stats(
     h_policy: Tensor,
     w_policy: Tensor,
@@ -171,18 +194,7 @@ def plain_token_stats(
     entropy: bool = True,
 ) -> MixedTokenStats:
     """:func:`reference_token_stats` with ``−inf`` logits allowed: the plain path of :func:`mixed_token_stats`."""
-    dtype = stat_dtype(w_policy.dtype)
-    z = (h_policy @ w_policy.T).to(dtype)  # [N, V]
-    if mix is not None:
-        z_refs = [
-            (h.detach() @ w.detach().T).to(dtype) for h, w in zip(h_refs, w_refs, strict=True)
-        ]  # K × [N, V]
-        z = mix(z, z_refs)  # [N, V]
-        del z_refs
-    if temperature != 1.0:
-        z = z / temperature  # [N, V]
-    logq = torch.log_softmax(z, dim=-1)  # [N, V]
-    del z
+    logq = _full_log_softmax(h_policy, w_policy, h_refs, w_refs, mix, temperature)  # [N, V]
     logp = logq.gather(-1, targets[:, None]).squeeze(-1)  # [N]
     if not entropy:
         return MixedTokenStats(logp, None)
@@ -208,18 +220,7 @@ def reference_token_stats(
     For tests and benchmarks only: it materialises every head's full logits (each intermediate is dropped as soon
     as autograd no longer needs it, so this is the lean form of the naive formula).
     """
-    dtype = stat_dtype(w_policy.dtype)
-    z = (h_policy @ w_policy.T).to(dtype)  # [N, V]
-    if mix is not None:
-        z_refs = [
-            (h.detach() @ w.detach().T).to(dtype) for h, w in zip(h_refs, w_refs, strict=True)
-        ]  # K × [N, V]
-        z = mix(z, z_refs)  # [N, V]
-        del z_refs
-    if temperature != 1.0:
-        z = z / temperature  # [N, V]
-    logq = torch.log_softmax(z, dim=-1)  # [N, V]
-    del z
+    logq = _full_log_softmax(h_policy, w_policy, h_refs, w_refs, mix, temperature)  # [N, V]
     logp = logq.gather(-1, targets[:, None]).squeeze(-1)  # [N]
     if not entropy:
         return MixedTokenStats(logp, None)
