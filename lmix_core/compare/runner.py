@@ -293,7 +293,7 @@ def method_recipe(
 # -- evaluation ----------------------------------------------------------------------------------------------------
 
 
-class _ExactMatch:
+class ExactMatchScorer:
     """Scores probe completions by exact match in this process (the part of the reward suite ``evaluate`` uses)."""
 
     def __init__(self) -> None:
@@ -428,7 +428,7 @@ def evaluate_model(
                 partial(render_prompt, config=probe_cfg),
                 probe_eval,
                 probe_sampling,
-                _ExactMatch(),
+                ExactMatchScorer(),
                 dist,
                 seed,
             )

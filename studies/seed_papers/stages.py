@@ -32,6 +32,7 @@ from typing import Any
 
 import attrs
 
+from lmix_core.compare.runner import ExactMatchScorer
 from studies.seed_papers.plan import Run, schedule_overrides
 from studies.seed_papers.sizes import PostSizes, Sizes
 
@@ -350,46 +351,6 @@ def evaluate_base(layout: Layout, sizes: Sizes, pseed: int, ck: str, log: Log) -
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------
-
-
-class ExactMatchScorer:
-    """Scores probe completions by exact match in this process (no reward pool: short strings, no math parser).
-
-    Duck-types the part of :class:`lmix_core.train.components.RewardSuite` that
-    :func:`lmix_core.evaluation.evaluate` uses.
-    """
-
-    def __init__(self) -> None:
-        from lmix_core.rewards.exact_match import ExactMatch
-
-        self.verifier = ExactMatch(ExactMatch.Config())
-
-    def score(
-        self,
-        examples: Sequence[Any],
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        lengths: Sequence[int],
-    ) -> Any:
-        import torch
-
-        from lmix_core.train.components import Scored
-        from lmix_core.types import RewardInput
-
-        verdicts = [
-            self.verifier.score_one(
-                RewardInput(prompt=p, completion=c, reference=ex.answer, metadata={}, num_tokens=int(n))
-            )
-            for ex, p, c, n in zip(examples, prompts, completions, lengths, strict=True)
-        ]
-        scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)  # [N]
-        return Scored(
-            rewards=scores,
-            correct=scores >= 1.0,
-            has_correctness=True,
-            format_rate=None,
-            reasons=tuple((f"exact_match: {v.reason}",) for v in verdicts),
-        )
 
 
 def answer_nll(backend: Any, examples: Sequence[Any], render: Any, distribution: str) -> float:
