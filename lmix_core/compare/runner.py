@@ -46,9 +46,10 @@ PROMPT_TEMPLATE = "{prompt}\n"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a half-written result must never look finished)."""
+    """Write JSON atomically (a half-written result must never look finished); the temporary name carries the
+    process id, so two processes sharing an output folder never write the same temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
@@ -665,7 +666,7 @@ def run_comparison(
     for name in first:
         for d, t in cells(sizes):
             run_method(layout, sizes, comparison, methods[name], d, t, log)
-    gate = check_gate(layout, sizes, comparison)
+    gate = check_gate(layout, sizes, comparison) | {"cells": [list(c) for c in cells(sizes)]}
     write_json(layout.gate(comparison.name), gate)
     log(f"{comparison.name}: gate {'passed' if gate['passed'] else 'FAILED'}: {gate['reason']}")
     if (not gate["passed"] and enforce_gate) or gate_only:

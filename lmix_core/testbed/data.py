@@ -80,7 +80,8 @@ class TestbedSizes:
     Attributes:
         corpus_documents: pretraining documents (one item, or ``facts_per_document`` fact lines, each).
         facts_per_document: arithmetic fact lines per fact document.
-        sft: SFT demonstrations (easy levels); ``sft_narrow.jsonl`` has as many at level 1.
+        sft: SFT demonstrations (easy levels).
+        sft_narrow: SFT demonstrations at level 1 only (level 1 holds about 1,400 problems of role ``sft``).
         rl: RL prompts at the easy levels.
         rl_hard: RL prompts at the hard levels.
         eval: held-out problems at the easy levels.
@@ -93,6 +94,7 @@ class TestbedSizes:
     corpus_documents: int = attrs.field(default=60_000, validator=v.ge(1))
     facts_per_document: int = attrs.field(default=6, validator=v.ge(1))
     sft: int = attrs.field(default=2000, validator=v.ge(1))
+    sft_narrow: int = attrs.field(default=1000, validator=v.ge(1))
     rl: int = attrs.field(default=3000, validator=v.ge(1))
     rl_hard: int = attrs.field(default=1000, validator=v.ge(1))
     eval: int = attrs.field(default=600, validator=v.ge(1))
@@ -105,9 +107,17 @@ CORPUS_MIX: Mapping[str, float] = {"solutions": 0.55, "facts": 0.15, "probe": 0.
 
 
 def _rows(
-    n: int, seed: int, role: Role, name: str, keys: Sequence[Any], draw: Callable[[random.Random, Any], Any]
+    n: int,
+    seed: int,
+    role: Role,
+    name: str,
+    keys: Sequence[Any],
+    draw: Callable[[random.Random, Any], Any],
+    *,
+    distinct: bool = True,
 ) -> list[dict[str, Any]]:
-    """``n`` distinct rows of ``role`` (cycling through ``keys``: levels or probe kinds), shuffled."""
+    """``n`` rows of ``role`` (cycling through ``keys``: levels or probe kinds), shuffled; distinct unless
+    ``distinct=False`` (drawn with replacement, as a corpus repeats what it holds)."""
     rng = random.Random(f"testbed|{seed}|{name}")
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -115,7 +125,11 @@ def _rows(
         key = keys[i % len(keys)]
         for _ in range(_MAX_ATTEMPTS):
             row = draw(rng, key)
-            if row is not None and row["prompt"] not in seen and role_of(row["prompt"]) == role:
+            if (
+                row is not None
+                and (row["prompt"] not in seen or not distinct)
+                and role_of(row["prompt"]) == role
+            ):
                 seen.add(row["prompt"])
                 rows.append(row)
                 break
@@ -143,8 +157,11 @@ def arithmetic(
     style: task.Style,
     answer_format: Literal["boxed", "answer"],
     unworked_fraction: float = 0.0,
+    distinct: bool = True,
 ) -> list[dict[str, Any]]:
-    """``n`` distinct arithmetic problems of ``role`` with solutions in ``style`` ending in ``answer_format``.
+    """``n`` arithmetic problems of ``role`` with solutions in ``style`` ending in ``answer_format``, distinct
+    unless ``distinct=False`` (the corpus: its one-operation levels hold fewer problems of role ``pretrain`` than
+    the full corpus draws, about 12,000 each, so it repeats some, as real corpora do).
 
     ``unworked_fraction`` of them (a pure function of ``seed`` and the prompt) have the bare answer line only.
     ``name`` separates the random streams of files of one role (``sft`` and ``sft_narrow``).
@@ -164,7 +181,7 @@ def arithmetic(
             "level": level,
         }
 
-    return _rows(n, seed, role, name, tuple(levels), draw)
+    return _rows(n, seed, role, name, tuple(levels), draw, distinct=distinct)
 
 
 def probe_items(n: int, *, seed: int, role: Role, name: str) -> list[dict[str, Any]]:
@@ -206,6 +223,7 @@ def corpus(n_documents: int, *, seed: int, facts_per_document: int = 6) -> list[
             levels=EASY_LEVELS,
             style="columns",
             answer_format="answer",
+            distinct=False,
         )
     )
     probes = iter(probe_items(kinds.count("probe"), seed=seed, role="pretrain", name="corpus"))
@@ -244,9 +262,9 @@ FILE_ROLES: Mapping[str, Role] = {
 def build_testbed(seed: int, sizes: TestbedSizes) -> dict[str, list[Any]]:
     """Every file's rows (corpus: strings) for data seed ``seed``."""
 
-    def sft(name: str, levels: Sequence[int]) -> list[dict[str, Any]]:
+    def sft(name: str, levels: Sequence[int], n: int) -> list[dict[str, Any]]:
         return arithmetic(
-            sizes.sft,
+            n,
             seed=seed,
             role="sft",
             name=name,
@@ -263,8 +281,8 @@ def build_testbed(seed: int, sizes: TestbedSizes) -> dict[str, list[Any]]:
 
     return {
         "corpus": corpus(sizes.corpus_documents, seed=seed, facts_per_document=sizes.facts_per_document),
-        "sft": sft("sft", EASY_LEVELS),
-        "sft_narrow": sft("sft_narrow", (1,)),
+        "sft": sft("sft", EASY_LEVELS, sizes.sft),
+        "sft_narrow": sft("sft_narrow", (1,), sizes.sft_narrow),
         "rl": worked(sizes.rl, "rl", "rl", EASY_LEVELS),
         "rl_hard": worked(sizes.rl_hard, "rl", "rl_hard", HARD_LEVELS),
         "eval": worked(sizes.eval, "eval", "eval", EASY_LEVELS),

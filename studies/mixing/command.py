@@ -7,16 +7,25 @@ when its result is on disk and an interrupted run resumes from its latest checkp
 again continues the study where it stopped. Sizes: :data:`lmix_core.compare.sizes.FULL` by default (about 4 hours
 on 2 CPU cores, see ``docs/study-design.md``), ``--quick`` (one data seed, two training seeds, short runs) and
 ``--tiny`` (micro sizes for tests: the gates are reported, not enforced; the numbers mean nothing).
+
+``--data-seeds 0`` restricts an invocation to some data seeds, so that one machine's cores can run the study as
+several single-threaded processes side by side (one per data seed, each with its own data, pretraining and runs):
+such a shard checks each gate on its own cells only and writes its report to ``OUT/results-d<D>.md``; a last
+invocation without the option then checks the gates on every cell, runs whatever the shards left (a method a
+shard's gate held back, when the gate over every cell passes) and writes the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from lmix_core.compare import runner
 from lmix_core.compare.methods import METHODS
@@ -54,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="report file (default: docs/results.md for the full study, else OUT/results.md)",
     )
+    p.add_argument(
+        "--data-seeds",
+        default=None,
+        help="run only these data seeds (comma-separated): a shard of the study, one process per data seed",
+    )
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the run folders")
     p.add_argument(
         "--gates-only",
@@ -65,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _record(layout: runner.Layout, entry: dict[str, Any]) -> None:
     path = layout.out / "timings.json"
-    data = runner.read_json(path) if path.exists() else {"invocations": []}
-    data["invocations"].append(entry)
-    runner.write_json(path, data)
+    layout.out.mkdir(parents=True, exist_ok=True)
+    with open(layout.out / "timings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # shards of one study finish side by side
+        data = runner.read_json(path) if path.exists() else {"invocations": []}
+        data["invocations"].append(entry)
+        runner.write_json(path, data)
 
 
 def run_study(
@@ -88,6 +105,7 @@ def run_study(
     entry: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "preset": sizes.preset,
+        "data_seeds": list(sizes.data_seeds),
         "finished": False,
     }
     try:
@@ -117,6 +135,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = PRESETS[preset]
     out = args.out or DEFAULT_OUT[preset]
     results = args.results or (REPO / "docs" / "results.md" if preset == "full" else out / "results.md")
+    if args.data_seeds is not None:
+        try:
+            seeds = tuple(int(x) for x in args.data_seeds.split(",") if x)
+        except ValueError:
+            seeds = ()
+        if not seeds or not set(seeds) <= set(sizes.data_seeds):
+            print(
+                f"python -m studies.mixing: '--data-seeds' must name data seeds among {list(sizes.data_seeds)} "
+                f"(got {args.data_seeds!r})",
+                file=sys.stderr,
+            )
+            return 2
+        sizes = attrs.evolve(sizes, data_seeds=seeds)
+        results = args.results or out / f"results-d{'-'.join(map(str, seeds))}.md"
     flag = {"full": "", "quick": " --quick", "tiny": " --tiny"}[preset]
     command = f"python -m studies.mixing{flag}"
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmix_core.demo import task
+from lmix_core.errors import ConfigError
 from lmix_core.testbed.data import (
     FILE_ROLES,
     FILES,
@@ -79,3 +80,30 @@ def test_sft_format_differs_from_the_corpus_format(files: dict[str, Path]):
     assert solved and all("\\boxed" not in t and "\nAnswer: " in t for t in solved)
     hard = [json.loads(x) for x in files["rl_hard"].read_text().splitlines()]
     assert {r["level"] for r in hard} == {5, 6}
+
+
+@pytest.mark.parametrize("preset", ["full", "quick"])
+def test_every_presets_testbed_can_be_drawn(preset: str):
+    # the full sizes once asked for more distinct level-1 problems than the role partition holds; drawing them is
+    # the first thing the study does, so a preset that cannot be drawn must fail here, not an hour into a run
+    from lmix_core.compare.sizes import PRESETS
+    from lmix_core.testbed.data import build_testbed
+
+    sizes = PRESETS[preset].testbed
+    rows = build_testbed(0, sizes)
+    assert len(rows["corpus"]) == sizes.corpus_documents
+    assert len(rows["sft_narrow"]) == sizes.sft_narrow and {r["level"] for r in rows["sft_narrow"]} == {1}
+    for name in ("sft", "sft_narrow", "rl", "rl_hard", "eval", "eval_hard", "probe"):
+        prompts = [r["prompt"] for r in rows[name]]
+        assert len(set(prompts)) == len(prompts), name  # every file but the corpus holds distinct problems
+
+
+def test_only_the_corpus_repeats_problems():
+    from lmix_core.testbed.data import arithmetic
+
+    kw = dict(seed=0, role="pretrain", name="x", levels=(1,), style="columns", answer_format="answer")
+    with pytest.raises(ConfigError, match="cannot draw 20000 distinct pretrain problems"):
+        arithmetic(20_000, **kw)  # type: ignore[arg-type]
+    rows = arithmetic(20_000, distinct=False, **kw)  # type: ignore[arg-type]
+    assert len(rows) == 20_000 > len({r["prompt"] for r in rows})
+    assert by_role(rows) == {"pretrain": 20_000}

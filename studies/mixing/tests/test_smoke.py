@@ -95,3 +95,26 @@ def test_projection_prices_unfinished_runs_at_the_measured_cost_per_step(study: 
     ahead = runner.projection(layout, SIZES, plan_)
     assert (ahead["done"], ahead["left"]) == (1, 1)
     assert ahead["seconds"] == pytest.approx(SIZES.post.steps * costs["wall_s"] / costs["steps"])
+
+
+def test_shards_by_data_seed_compose_into_one_study(tmp_path) -> None:
+    # two shards (one data seed each, as two processes would run them side by side), then the plain invocation:
+    # it finds every run done, trains nothing and reports both data seeds
+    from studies.mixing.command import main
+
+    sizes = attrs.evolve(SIZES, data_seeds=(0, 1))
+    out = tmp_path / "out"
+    for d in (0, 1):
+        shard = attrs.evolve(sizes, data_seeds=(d,))
+        run_study(shard, out, only=["format"], results=tmp_path / f"r{d}.md", log=lambda m: None)
+    log: list[str] = []
+    run_study(sizes, out, only=["format"], results=tmp_path / "results.md", log=log.append)
+    assert not [m for m in log if "/" in m.split(":")[0] or "pretrain" in m or "SFT starting" in m]
+    assert json.loads(runner.Layout(out).gate("format").read_text())["cells"] == [[0, 0], [1, 0]]
+    timings = json.loads((out / "timings.json").read_text())["invocations"]
+    assert [e["data_seeds"] for e in timings] == [[0], [1], [0, 1]]
+    # the command line: a shard writes its own report beside the runs, an unknown seed is refused
+    tiny = tmp_path / "tiny"
+    assert main(["--tiny", "--data-seeds", "0", "--only", "format", "--out", str(tiny)]) == 0
+    assert (tiny / "results-d0.md").exists()
+    assert main(["--tiny", "--data-seeds", "3", "--out", str(tiny)]) == 2
