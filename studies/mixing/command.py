@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 
 from lmix_core.compare import runner
 from lmix_core.compare.methods import METHODS
@@ -106,6 +107,7 @@ def run_study(
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "preset": sizes.preset,
         "data_seeds": list(sizes.data_seeds),
+        "threads": torch.get_num_threads(),
         "finished": False,
     }
     try:

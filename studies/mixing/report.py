@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,14 @@ from studies.mixing.plan import CHECKS, NOT_WORSE_MARGIN, Check, verdict
 OLD_STUDY_NOTE = """\
 ## The earlier study (replaced)
 
-The first study (`python -m studies.seed_papers`, kept in `studies/seed_papers/`) could not decide its questions:
-59% of its post-training problems (81% at level 1, 88% at level 2) appeared verbatim, with the same worked solution,
-in its pretraining corpus, so SFT was rehearsal and the probe could not show forgetting; every RL run from the SFT
-model ended at or below its start, so its rankings rewarded the methods that moved least; all its gaps were below one
-binomial standard error of a 100-problem evaluation with one pretraining seed; and its budgets differed in rollouts,
-tokens and objective within a comparison, with one optimiser step per batch so that the clip never acted. This study
-replaces it: disjoint data by construction, a gate per regime, 2 data seeds x 3 training seeds, bootstrap intervals
-and paired differences, and one shared objective per comparison.
+The first study ([seed-study.md](seed-study.md): `python -m studies.seed_papers`, kept in `studies/seed_papers/`)
+could not decide its questions: 59% of its post-training problems (81% at level 1, 88% at level 2) appeared verbatim,
+with the same worked solution, in its pretraining corpus, so SFT was rehearsal and the probe could not show
+forgetting; every RL run from the SFT model ended at or below its start, so its rankings rewarded the methods that
+moved least; all its gaps were below one binomial standard error of a 100-problem evaluation with one pretraining
+seed; and its budgets differed in rollouts, tokens and objective within a comparison, with one optimiser step per
+batch so that the clip never acted. This study replaces it: disjoint data by construction, a gate per regime, 2 data
+seeds x 3 training seeds, bootstrap intervals and paired differences, and one shared objective per comparison.
 """
 
 
@@ -93,12 +94,26 @@ def curves_png(
 
 
 def _times(layout: Layout) -> str:
+    """The invocations' elapsed time (overlapping shards counted once), their summed process time and threads."""
     path = layout.out / "timings.json"
     if not path.exists():
         return "no invocation recorded"
     inv = read_json(path)["invocations"]
+    spans = sorted(
+        (start, start + i.get("wall_s", 0.0))
+        for i in inv
+        for start in [time.mktime(time.strptime(i["started"], "%Y-%m-%d %H:%M:%S"))]
+    )
+    elapsed, end = 0.0, float("-inf")
+    for a, b in spans:  # the union of the invocations' intervals
+        elapsed += max(0.0, b - max(a, end))
+        end = max(end, b)
     total = sum(i.get("wall_s", 0.0) for i in inv)
-    return f"{len(inv)} invocation(s), {total / 3600:.2f} h of wall time in all"
+    threads = sorted({i["threads"] for i in inv if "threads" in i})
+    return (
+        f"{len(inv)} invocation(s), {elapsed / 3600:.2f} h elapsed, {total / 3600:.2f} h summed over processes"
+        + (f" (torch threads per process: {', '.join(map(str, threads))})" if threads else "")
+    )
 
 
 def section(

@@ -118,3 +118,18 @@ def test_shards_by_data_seed_compose_into_one_study(tmp_path) -> None:
     assert main(["--tiny", "--data-seeds", "0", "--only", "format", "--out", str(tiny)]) == 0
     assert (tiny / "results-d0.md").exists()
     assert main(["--tiny", "--data-seeds", "3", "--out", str(tiny)]) == 2
+
+
+def test_times_count_overlapping_shards_once(tmp_path) -> None:
+    from studies.mixing.report import _times
+
+    inv = [
+        {"started": "2026-12-06 10:00:00", "wall_s": 3600.0, "threads": 1},
+        {"started": "2026-12-06 10:30:00", "wall_s": 3600.0, "threads": 1},  # a second shard, side by side
+        {"started": "2026-12-06 12:00:00", "wall_s": 1800.0, "threads": 2},  # the last plain invocation
+    ]
+    runner.write_json(tmp_path / "timings.json", {"invocations": inv})
+    text = _times(runner.Layout(tmp_path))
+    assert text == (
+        "3 invocation(s), 2.00 h elapsed, 2.50 h summed over processes (torch threads per process: 1, 2)"
+    )
