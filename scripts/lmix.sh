@@ -45,6 +45,8 @@ wheel_smoke() {
         unset PYTHONPATH
         where=$(python -c 'import lmix_core, lmix_hf; print(lmix_core.__file__, lmix_hf.__file__)')
         case "$where" in "$tmp/venv/"*" $tmp/venv/"*) ;; *) echo "wheel-smoke: imported from $where" >&2; exit 1 ;; esac
+        # both installed packages carry their type information (PEP 561), for plugins that type-check against them
+        python -c 'import importlib.resources as r; assert all(r.files(p).joinpath("py.typed").is_file() for p in ("lmix_core", "lmix_hf"))'
         set -x
         lmix components > components.txt && grep -q "lmix-hf 0.1.0" components.txt
         lmix recipes > recipes.txt && grep -q "demo:grpo_logit_average" recipes.txt
