@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -58,7 +59,9 @@ def evaluate(
     """Evaluate on ``examples``; every rank evaluates its own shard and the means are averaged.
 
     Args:
-        on_sample: called with one record per completion (this rank's): ``index`` (the example's row), ``sample``,
+        on_sample: called with one record per completion, on rank 0 only, for every rank's completions (in
+            the order of ``index`` and ``sample``; each rank sends its records through ``backend.all_sum``):
+            ``index`` (the example's row), ``sample``,
             ``prompt`` (as rendered), ``completion``, ``answer`` (what the first correctness verifier that has an
             ``extract`` method reads from the completion, else ``null``), ``gold``, ``correct``, ``reward`` and
             ``verdicts`` (``name: reason`` of every verifier).
@@ -79,6 +82,7 @@ def evaluate(
     prompts = [tuple(tok(render(tok, ex), add_special_tokens=False)["input_ids"]) for ex in examples]
     rows = [(i, s) for i in range(len(examples)) for s in range(k)]
     correct = torch.zeros(len(examples), k)  # [E, k]
+    records: list[dict[str, Any]] = []
     reward_sum, fmt_sum, fmt_n = 0.0, 0.0, 0
     for start in range(0, len(rows), EVAL_ROWS):
         chunk = rows[start : start + EVAL_ROWS]
@@ -102,7 +106,7 @@ def evaluate(
         if on_sample is not None:
             extract = _extractor(rewards)
             for j, (i, s) in enumerate(chunk):
-                on_sample(
+                records.append(
                     {
                         "index": examples[i].index,
                         "sample": s,
@@ -132,20 +136,68 @@ def evaluate(
                 step=step,
             )
         )
+    if on_sample is not None:
+        for record in _gather_records(backend, records):
+            on_sample(record)
     c = correct.sum(-1)  # [E]
+    nll_total, nll_count = _demo_nll(
+        backend, examples, prompts, most=max(_demos(sh) for sh in shards), idle=idle
+    )
+    # every rank's sums, added over ranks once: the figures are those of the whole set, however it was sharded
+    sums = torch.tensor(  # [9]
+        [
+            len(examples),
+            float(correct.mean(-1).sum()),
+            sum(pass_at_k(k, int(ci), k) for ci in c.tolist()),
+            reward_sum,
+            len(rows),
+            fmt_sum,
+            fmt_n,
+            nll_total,
+            nll_count,
+        ],
+        dtype=torch.float64,
+    )
+    n, pass1, passk, reward, n_rows, fmt, n_fmt, nll, n_nll = backend.all_sum(sums).tolist()
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
     out: dict[str, Any] = {
-        "n": len(examples),
-        "pass@1": float(correct.mean()) if len(examples) else float("nan"),
-        f"pass@{k}": (
-            sum(pass_at_k(k, int(ci), k) for ci in c.tolist()) / len(examples) if examples else float("nan")
-        ),
-        "reward_mean": reward_sum / len(rows) if rows else float("nan"),
-        "nll": _demo_nll(backend, examples, prompts, most=max(_demos(sh) for sh in shards), idle=idle),
+        "n": int(n),
+        "pass@1": ratio(pass1, n),
+        f"pass@{k}": ratio(passk, n),
+        "reward_mean": ratio(reward, n_rows),
+        "nll": ratio(nll, n_nll),
     }
-    if fmt_n:
-        out["format_rate"] = fmt_sum / fmt_n
-    means = backend.all_mean({k2: v for k2, v in out.items() if isinstance(v, float)})
-    return finite_or_none(out | means)
+    if n_fmt:
+        out["format_rate"] = fmt / n_fmt
+    return finite_or_none(out)
+
+
+def _gather_records(backend: TrainerBackend, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's ``records`` on rank 0, ordered by ``index`` and ``sample`` (``[]`` on the other ranks).
+
+    Each rank writes its records' JSON bytes into its own row of a zero ``[world, longest]`` tensor, so that one
+    ``all_sum`` (the one collective every backend has) leaves every rank's bytes on every rank.
+    """
+    if backend.world_size == 1:
+        return sorted(records, key=lambda r: (r["index"], r["sample"]))
+    mine = json.dumps([finite_or_none(r) for r in records], allow_nan=False).encode()
+    sizes = torch.zeros(backend.world_size, dtype=torch.float64)  # [W]
+    sizes[backend.rank] = len(mine)
+    sizes = backend.all_sum(sizes)
+    rows = torch.zeros(backend.world_size, int(sizes.max()), dtype=torch.float64)  # [W, longest]
+    rows[backend.rank, : len(mine)] = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(torch.float64)
+    rows = backend.all_sum(rows)
+    if backend.rank != 0:
+        return []
+    every = [
+        r
+        for w in range(backend.world_size)
+        for r in json.loads(bytes(rows[w, : int(sizes[w])].to(torch.uint8).tolist()).decode())
+    ]
+    return sorted(every, key=lambda r: (r["index"], r["sample"]))
 
 
 def finite_or_none(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,17 +236,15 @@ def _demo_nll(
     *,
     most: int,
     idle: tuple[int, ...],
-) -> float:
-    """Token-mean NLL of this rank's demonstrations; ``most``: the most demonstrations any rank has (this rank
-    scores idle rows until it has made as many calls)."""
+) -> tuple[float, int]:
+    """Summed NLL and token count of this rank's demonstrations; ``most``: the most demonstrations any rank has
+    (this rank scores idle rows until it has made as many calls)."""
     tok = backend.tokenizer
     pairs = [(p, ex.demonstration) for p, ex in zip(prompts, examples) if ex.demonstration]
     for _ in range(_calls(most) - _calls(len(pairs))):
         backend.score(
             demonstration_batch([idle], [[tok.eos_token_id]], tok.pad_token_id or 0), temperature=1.0
         )
-    if not pairs:
-        return float("nan")
     total, count = 0.0, 0
     for start in range(0, len(pairs), EVAL_ROWS):
         chunk = pairs[start : start + EVAL_ROWS]
@@ -203,7 +253,7 @@ def _demo_nll(
         stats = backend.score(batch, temperature=1.0)
         total += float(-(stats.logp * batch.loss_mask).sum())
         count += int(batch.loss_mask.sum())
-    return total / max(count, 1)
+    return total, count
 
 
 def append_eval(run_dir: Path, record: dict[str, Any]) -> None:
@@ -229,6 +279,10 @@ DATA_OPTIONS: Mapping[str, str] = {
 def _write_record(writer: IO[str], record: dict[str, Any]) -> None:
     """One JSON line of ``lmix eval --completions``."""
     writer.write(json.dumps(finite_or_none(record), ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _discard(record: dict[str, Any]) -> None:
+    """The ``--completions`` callback of ranks other than 0 (they receive no records)."""
 
 
 def eval_command(args: Any) -> int:
@@ -304,9 +358,13 @@ def eval_command(args: Any) -> int:
     examples = load_examples(data, "eval", names=names)
     recipe = attrs.evolve(recipe, data=data)
 
+    # under torchrun, rank 0 prints and writes; the completions of every rank are gathered to it
+    lead = int(os.environ.get("RANK", "0")) == 0
     writer = None
-    if args.completions:
+    if args.completions and lead:
         writer = open(args.completions, "w")  # noqa: SIM115 - closed below
+    # every rank passes a callback, since gathering the records is collective; only rank 0 receives any
+    sink = None if not args.completions else functools.partial(_write_record, writer) if writer else _discard
 
     try:
         result = evaluate_saved(
@@ -314,15 +372,16 @@ def eval_command(args: Any) -> int:
             model_dir,
             distribution=None if args.deploy in (None, "auto") else args.deploy,
             examples=examples,
-            on_sample=None if writer is None else functools.partial(_write_record, writer),
+            on_sample=sink,
         )
     finally:
         if writer is not None:
             writer.close()
     text = json.dumps(finite_or_none(result), indent=2, allow_nan=False)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if lead:
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
     return 0
 
 

@@ -130,6 +130,36 @@ def test_two_processes_print_once_from_rank_0(tiny_run_inputs, tmp_path):
     assert type(record.pop("step")) is int and type(record.pop("skipped")) is bool
     assert type(record.pop("decision")) is str
     assert {k for k, v in record.items() if type(v) is not float} == set()
+    # lmix eval under torchrun: each rank samples its share; rank 0 prints the result once and writes every
+    # rank's completions, one line per (question, sample), in order
+    held_rows = len(held.read_text().splitlines())
+    evaluated = _run(
+        [
+            *cmd,
+            "-m",
+            "lmix",
+            "eval",
+            str(out),
+            "--samples",
+            "2",
+            "--completions",
+            "c.jsonl",
+            "--out",
+            "e.json",
+            "eval.max_examples=3",
+        ],
+        tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:]
+    assert evaluated.stdout.count('"pass@1"') == 1, evaluated.stdout
+    records = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["n"] == 3 <= held_rows  # over both ranks, though their shards are unequal (2 and 1)
+    assert [(r["index"], r["sample"]) for r in records] == [
+        (i, s) for i in range(result["n"]) for s in range(2)
+    ]
+    assert result["pass@1"] == pytest.approx(sum(r["correct"] for r in records) / len(records))
+    assert result["reward_mean"] == pytest.approx(sum(r["reward"] for r in records) / len(records))
 
 
 def test_batch_line_counts_every_process() -> None:
