@@ -2,7 +2,7 @@
 
 Runs the whole study in one command: data, pretraining from scratch (kept checkpoints), every post-training run
 of the selected comparisons for every seed, their evaluation, then the tables, plots and the study's section of
-``docs/results.md``. Finished stages are skipped, so running the same command again resumes an interrupted study
+``docs/seed-study.md``. Finished stages are skipped, so running the same command again resumes an interrupted study
 (and only regenerates the report when everything is done). The sizes come from ``studies/seed_papers/sizes.toml``:
 ``full`` by default, ``quick`` with ``--quick`` (one seed), ``smoke`` with ``--smoke`` (micro sizes for tests).
 """
@@ -21,6 +21,9 @@ from studies.seed_papers.sizes import SIZES_FILE, Sizes, load_sizes
 
 #: ``quick`` has ``full``'s sizes with one seed, so both share a folder: a quick run is the full study's first seed.
 DEFAULT_OUT = {"full": Path("runs/study"), "quick": Path("runs/study"), "smoke": Path("runs/study-smoke")}
+#: The page ``full`` and ``quick`` write their sections into (figures in ``docs/seed-study/``); ``smoke`` writes
+#: ``OUT/results.md``. Study v2 (``python -m studies.mixing``) owns ``docs/results.md``.
+DEFAULT_RESULTS = stages.REPO / "docs" / "seed-study.md"
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -38,7 +41,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.seed_papers",
-        description="Run the SFT/RL mixing study and write its tables, plots and docs/results.md section.",
+        description="Run the seed papers study and write its tables, plots and docs/seed-study.md section.",
     )
     preset = p.add_mutually_exclusive_group()
     preset.add_argument(
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         type=Path,
         default=None,
-        help="markdown file that receives the study's section (default docs/results.md; --smoke: OUT/results.md)",
+        help="markdown file that receives the study's section (default docs/seed-study.md; --smoke: OUT/results.md)",
     )
     p.add_argument("--report-only", action="store_true", help="only regenerate tables, plots and markdown")
     p.add_argument("--no-report", action="store_true", help="run without writing the report")
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or DEFAULT_OUT[preset]
         results_md = args.results
         if results_md is None and preset != "smoke":
-            results_md = stages.REPO / "docs" / "results.md"
+            results_md = DEFAULT_RESULTS
         if args.report_only:
             layout = stages.Layout(out)
             path = report.write_report(layout, sizes, sizes.seeds, results_md or out / "results.md")

@@ -1,12 +1,12 @@
-"""Tables (mean ± std over seeds), plots and the ``docs/results.md`` section of the study.
+"""Tables (mean ± std over seeds), plots and the sections of ``docs/seed-study.md``, the study's page.
 
 Every number in the report is read from the study's output folder: each run's ``result.json`` and each pretrained
 checkpoint's ``ck<i>.result.json`` (:mod:`studies.seed_papers.stages`). A row whose runs are missing says so; nothing is
 filled in. The aggregated tables are also written as ``report/tables.json``.
 
 The markdown goes between ``<!-- lmix-study:<preset>:begin -->`` and ``<!-- lmix-study:<preset>:end -->`` in the
-results file, replacing only that block on later runs; everything else in the file (the lead's ``## Demo``
-section, the discussion) is left as it is. The first time, a discussion section with a clearly marked placeholder
+page, replacing only that block on later runs; everything else on the page (its banner, the other preset's block,
+the discussions) is left as it is. The first time, a discussion section with a clearly marked placeholder
 follows the block: it is written by a person after looking at the numbers, never generated.
 """
 
@@ -294,11 +294,12 @@ def design_section(sizes: Sizes, results_md: Path) -> str:
 
 
 def render(layout: Layout, sizes: Sizes, seeds: Sequence[int], results_md: Path) -> str:
-    """The study's markdown block (between its markers), plots written next to ``results_md``."""
+    """The study's markdown block (between its markers); plots go in a folder named after the page
+    (``docs/seed-study/`` for ``docs/seed-study.md``)."""
     k = sizes.eval.samples
     tables = aggregate(layout, sizes, seeds)
     write_json(layout.out / "report" / "tables.json", tables)
-    fig_dir = results_md.parent / "results"
+    fig_dir = results_md.parent / results_md.stem
     preset = sizes.preset
     title = {
         "full": f"## Study: SFT/RL mixing at CPU scale ({len(seeds)} seeds)",
@@ -414,7 +415,7 @@ def write_markdown(results_md: Path, preset: str, block: str) -> Path:
     """Replace the preset's block in ``results_md`` (append it, then a discussion placeholder, the first time)."""
     begin, end = begin_marker(preset), end_marker(preset)
     wrapped = f"{begin}\n{block}{end}\n"
-    text = results_md.read_text(encoding="utf-8") if results_md.exists() else "# Results\n"
+    text = results_md.read_text(encoding="utf-8") if results_md.exists() else "# The seed papers study\n"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)

@@ -43,7 +43,7 @@ PROMPT_TEMPLATE = "{prompt}\n"
 
 
 #: The study's folder. The study is part of the repository, not of the installed packages: it runs from a checkout
-#: (``python -m studies.seed_papers`` in the repository root) and writes the repository's ``docs/results.md``.
+#: (``python -m studies.seed_papers`` in the repository root) and writes the repository's ``docs/seed-study.md``.
 STUDY_DIR = Path(__file__).resolve().parent
 #: The checkout the study belongs to.
 REPO = STUDY_DIR.parents[1]

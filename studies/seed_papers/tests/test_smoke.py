@@ -20,15 +20,15 @@ from studies.seed_papers.command import main, run_study
 from studies.seed_papers.sizes import load_sizes
 from studies.seed_papers.stages import Layout
 
-DEMO = "## Demo\n\nThe lead's demo section: kept as it is.\n"
+BANNER = "> Replaced by study v2: the page's banner, kept as it is.\n"
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("study")
-    results = root / "docs" / "results.md"
+    results = root / "docs" / "seed-study.md"
     results.parent.mkdir()
-    results.write_text(f"# Results\n\n{DEMO}")
+    results.write_text(f"# The seed papers study\n\n{BANNER}")
     sizes = load_sizes("smoke")
     out = run_study(sizes, root / "out", results_md=results, log=lambda m: None)
     return {"root": root, "out": root / "out", "results": results, "sizes": sizes, "runs": out["runs"]}
@@ -83,10 +83,11 @@ def test_tables_have_the_comparisons_rows_and_fractions(study):
     assert len(tables[1]["rows"]) == 15  # 3 checkpoints x (pretrained, RL, SFT, SFT->RL, parallel average)
 
 
-def test_markdown_keeps_the_demo_and_marks_the_discussion(study):
-    """The study's block is appended after the lead's Demo section; the discussion is a placeholder, no numbers."""
+def test_markdown_keeps_the_banner_and_marks_the_discussion(study):
+    """The study's block is appended after the page's banner; the discussion is a placeholder, no numbers; the
+    figures are in a folder named after the page (``docs/seed-study/``)."""
     text = study["results"].read_text()
-    assert DEMO in text and text.index(DEMO) < text.index("<!-- lmix-study:smoke:begin -->")
+    assert BANNER in text and text.index(BANNER) < text.index("<!-- lmix-study:smoke:begin -->")
     for n in (1, 2, 3, 4):
         assert f"### Comparison {n}:" in text
     assert "| method | n | pass@1 | pass@2 | format | probe EM |" in text
@@ -98,7 +99,8 @@ def test_markdown_keeps_the_demo_and_marks_the_discussion(study):
         and "python -m studies.seed_papers --smoke" in text
     )
     images = [line[line.index("(") + 1 : -1] for line in text.splitlines() if line.startswith("![")]
-    assert images and all((study["results"].parent / img).exists() for img in images)
+    assert images and all(img.startswith("seed-study/") for img in images)
+    assert all((study["results"].parent / img).exists() for img in images)
 
 
 def test_rerun_skips_finished_runs_and_adds_a_seed(study, monkeypatch):
@@ -128,7 +130,7 @@ def test_rerun_skips_finished_runs_and_adds_a_seed(study, monkeypatch):
     assert rows["base@ck3"]["metrics"]["pass@1"]["n"] == 1  # one shared pretraining
     text = results.read_text()
     assert text.count("<!-- lmix-study:smoke:begin -->") == 1 and "Written by hand." in text
-    assert "## Study, smoke sizes" in text and DEMO in text and " ± " in text
+    assert "## Study, smoke sizes" in text and BANNER in text and " ± " in text
 
     calls.clear()
     (study["out"] / "seed1" / "sasr@ck3" / "result.json").unlink()  # trained, not evaluated: evaluate only
