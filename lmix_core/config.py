@@ -34,11 +34,16 @@ from lmix_core.errors import ConfigError, Problem
 _ATTRS_BOUND = re.compile(r"^([^\n]*'[^']+' must be [^\n]*?): (.+)$", re.DOTALL)
 
 
+def _literal(option: Any) -> str:
+    """An option as a recipe writes it (TOML's ``false``, not Python's ``False``)."""
+    return str(option).lower() if isinstance(option, bool) else repr(option)
+
+
 def _choices(options: tuple[Any, ...]) -> str:
     """``'a' or 'b'``; ``one of 'a', 'b', 'c'`` for three or more."""
     if len(options) <= 2:
-        return " or ".join(repr(o) for o in options)
-    return "one of " + ", ".join(repr(o) for o in options)
+        return " or ".join(_literal(o) for o in options)
+    return "one of " + ", ".join(_literal(o) for o in options)
 
 
 def _type_name(tp: Any) -> str:
@@ -92,8 +97,8 @@ def _convert(value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         options = typing.get_args(tp)
-        if value in options and type(value) is not bool:
-            return value
+        if any(o is value for o in options) or (value in options and type(value) is not bool):
+            return value  # a boolean only where the options name it (1 == True is not a choice)
         raise _ConvertError(f"must be {_type_name(tp)}", _literal_hint(value, options))
     if origin in (typing.Union, types.UnionType):
         hint = ""
@@ -206,6 +211,7 @@ def describe_fields(cls: type) -> list[tuple[str, str, str]]:
     hints = typing.get_type_hints(cls)
     rows = []
     for name, f in _init_fields(cls).items():
+        written = recipe_type(f, hints.get(f.name, Any))
         if f.default is attrs.NOTHING:
             default = "(required)"
         else:
@@ -213,8 +219,23 @@ def describe_fields(cls: type) -> list[tuple[str, str, str]]:
                 default = repr(_default_of(f))
             except Exception:  # a factory that needs a real instance
                 default = "(computed)"
-        rows.append((name, _type_name(hints.get(f.name, Any)), default))
+        rows.append((name, _type_name(written), default))
     return rows
+
+
+def _false_means_none(field: attrs.Attribute) -> bool:
+    """Whether the field's recipe type names ``false`` (which its converter turns into ``None``)."""
+    tp = field.metadata.get("recipe_type")
+    return tp is not None and any(
+        typing.get_origin(a) is Literal and False in typing.get_args(a) for a in typing.get_args(tp)
+    )
+
+
+def recipe_type(field: attrs.Attribute, annotated: Any) -> Any:
+    """The type a recipe writes for ``field``: ``metadata["recipe_type"]`` when the field declares one (a
+    converter then maps it to the field's own type, e.g. ``false`` to ``None`` for a column a recipe turns off,
+    since TOML has no null), else the field's annotation."""
+    return field.metadata.get("recipe_type", annotated)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -286,7 +307,7 @@ def structure(cls: type, table: Mapping[str, Any], *, path: str, owner: str) -> 
             )
             continue
         f = fields[key]
-        tp = hints.get(f.name, Any)
+        tp = recipe_type(f, hints.get(f.name, Any))
         nested = _nested_attrs(tp)
         if nested is not None and isinstance(value, Mapping):
             sub, sub_problems = structure(nested, value, path=f"{prefix}{key}", owner=f"{owner} {key}")
@@ -362,8 +383,8 @@ def unstructure(obj: Any) -> Any:
     """A Config (or value) as plain TOML-ready data: tables, arrays, strings, numbers, booleans.
 
     Tuples become lists, paths strings, enums their values, nested Configs tables. ``None`` values are left out
-    (TOML has no null): a field whose value is ``None`` reads back as its default, so Configs whose non-``None``
-    default could be overridden by ``None`` do not round-trip (none of lmix's do).
+    (TOML has no null) and read back as the field's default, except in a field whose recipe type admits ``false``
+    for "none" (see :func:`recipe_type`; e.g. ``data.demonstration_column``), where ``None`` is written ``false``.
     """
     if attrs.has(type(obj)):
         out = {}
@@ -371,6 +392,8 @@ def unstructure(obj: Any) -> Any:
             if not f.init:
                 continue
             value = getattr(obj, f.name)
+            if value is None and _false_means_none(f):
+                value = False
             if value is None:
                 continue
             out[getattr(f, "alias", None) or f.name] = unstructure(value)

@@ -13,7 +13,7 @@ ChatTemplate = Literal["auto", "none"]
 
 
 def _non_empty(instance: Any, attribute: attrs.Attribute, value: str) -> None:
-    if not value.strip():
+    if not isinstance(value, str) or not value.strip():
         raise ValueError(f"'{attribute.name}' must be a non-empty string (got {value!r})")
 
 
@@ -30,6 +30,11 @@ def _template(instance: Any, attribute: attrs.Attribute, value: str) -> None:
             f"'{attribute.name}' may only name fields such as {{prompt}} or a metadata column, not "
             f"{', '.join('{' + n + '}' for n in unnamed)}; write literal braces as {{{{ }}}} (got {value!r})"
         )
+
+
+def _column_or_none(value: str | Literal[False] | None) -> str | None:
+    """TOML has no null: a recipe writes ``false`` for "no such column"."""
+    return None if value is False else value
 
 
 def _positive_or_none(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
@@ -51,8 +56,9 @@ class DataConfig:
             those datasets' native columns (see ``docs/data.md``) and ignore the three column names.
         prompt_column: column holding the problem text (adapter ``none``).
         answer_column: column holding the reference final answer (adapter ``none``); numbers become strings.
-        demonstration_column: column holding a worked solution, or ``None`` when there is none (adapter ``none``).
-            A configured column that the file lacks is an error.
+        demonstration_column: column holding a worked solution, or ``None`` when there is none (adapter ``none``;
+            a TOML recipe, which has no null, writes ``false``). A configured column that the file lacks is an
+            error.
         metadata_columns: further columns copied into ``Example.metadata`` (any adapter).
         prompt_template: Python format string applied to the prompt; must contain ``{prompt}`` and may name
             metadata columns, e.g. ``"{prompt}\\nAnswer with \\\\boxed{{}}."``.
@@ -83,6 +89,8 @@ class DataConfig:
     answer_column: str = attrs.field(default="answer", validator=_non_empty)
     demonstration_column: str | None = attrs.field(
         default="solution",
+        converter=_column_or_none,
+        metadata={"recipe_type": str | Literal[False] | None},
         # attrs' types infer the field's type from the default alone (str), so they refuse optional(...) here
         validator=attrs.validators.optional(_non_empty),  # type: ignore[arg-type]
     )

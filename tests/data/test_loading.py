@@ -153,3 +153,30 @@ def test_render_prompt_unknown_field() -> None:
     config = DataConfig(train="x", prompt_template="{prompt} {topic}")
     with pytest.raises(DataError, match="'topic'.*metadata_columns"):
         render_prompt(TOKENIZER, Example(index=0, prompt="p", answer="a"), config)
+
+
+def test_a_toml_recipe_turns_the_demonstration_column_off_with_false(tmp_path: Path) -> None:
+    """TOML has no null: ``demonstration_column = false`` is how a recipe says its data has no worked solutions
+    (the default column, ``solution``, would otherwise be required); ``true`` is refused with the allowed types."""
+    from lmix_core.errors import RecipeError
+    from lmix_core.recipe import load_recipe
+
+    data = _write(tmp_path / "qa.jsonl", [{"prompt": "Compute 1+2.", "answer": 3}])
+    body = (
+        'schema = 1\n[backend]\ntype = "hf"\nmodel = "m"\n[mixer]\ntype = "rl"\n[[rewards]]\ntype = "math"\n'
+        '[train]\nsteps = 1\n[data]\ntrain = "qa.jsonl"\ndemonstration_column = {}\n'
+    )
+    (tmp_path / "off.toml").write_text(body.format("false"))
+    recipe = load_recipe(tmp_path / "off.toml")
+    assert recipe.data.demonstration_column is None
+    assert "demonstration_column = false" in recipe.to_toml()  # what a run saves reads back the same
+    (tmp_path / "saved.toml").write_text(recipe.to_toml())
+    assert load_recipe(tmp_path / "saved.toml").data.demonstration_column is None
+    assert [(e.prompt, e.answer, e.demonstration) for e in load_examples(recipe.data, "train")] == [
+        ("Compute 1+2.", "3", None)
+    ]
+    with pytest.raises(DataError, match="solution"):  # the default column, which this file lacks
+        load_examples(DataConfig(train=data), "train")
+    (tmp_path / "on.toml").write_text(body.format("true"))
+    with pytest.raises(RecipeError, match="must be string or false or nothing \\(got True\\)"):
+        load_recipe(tmp_path / "on.toml")
