@@ -112,7 +112,8 @@ def geometric_mix(
     for w_k, z_k in zip(ref_weights, z_refs, strict=True):
         coef = (1.0 - alpha) * w_k
         if coef != 0.0:
-            z_mix = torch.add(z_mix, z_k.detach().to(z_policy.dtype), alpha=coef)  # [..., V]
+            # in place: z_mix is this function's own intermediate, which no backward formula reads
+            z_mix = z_mix.add_(z_k.detach().to(z_policy.dtype), alpha=coef)  # [..., V]
     return z_mix
 
 
@@ -383,6 +384,13 @@ class _Workspace:
             self.buffers[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)  # [chunk, V]
         return self.buffers[name][:rows]  # [c, V]
 
+    def spare(self, name: str, fallback: str, rows: int, kept: frozenset[int]) -> Tensor:
+        """Buffer ``name`` when it exists and holds none of ``kept`` (storages still read), else ``fallback``."""
+        buffer = self.buffers.get(name)
+        if buffer is not None and buffer.untyped_storage().data_ptr() not in kept:
+            return buffer[:rows]  # [c, V]
+        return self.get(fallback, rows)  # [c, V]
+
 
 def _logits(h: Tensor, w: Tensor, out: Tensor) -> Tensor:
     """Logits of one chunk into the workspace buffer ``out`` (:func:`stat_dtype`). ``[c, H] × [V, H] → [c, V]``."""
@@ -427,6 +435,14 @@ def _fold(z: Tensor, targets: Tensor, want_entropy: bool, temperature: float, d:
     return _Fold(m, log_s, logp, d, p, ent, guarded)
 
 
+class _Mixed(NamedTuple):
+    """One chunk's logits (see :func:`_mix_chunk`)."""
+
+    z_pol: Tensor  # [c, V] policy logits (with ``track``, an autograd leaf over the workspace buffer)
+    z_mix: Tensor  # [c, V] combined logits
+    kept: frozenset[int]  # storages that z_mix's autograd graph saved, and z_mix's own: not to be overwritten
+
+
 def _mix_chunk(
     h_policy: Tensor,
     w_policy: Tensor,
@@ -436,19 +452,34 @@ def _mix_chunk(
     rows: slice,
     track: bool,
     ws: _Workspace,
-) -> tuple[Tensor, Tensor]:
-    """``(z_pol, z_mix)`` of one chunk; with ``track`` the policy logits are an autograd leaf of ``z_mix``."""
+) -> _Mixed:
+    """The logits of one chunk; with ``track`` the policy logits are an autograd leaf of ``z_mix``.
+
+    ``kept`` lets the backward pass write into the workspace buffers of the policy's and the references' logits
+    once ``z_mix`` is read, where ``mix``'s graph did not save them (a ``mix`` that multiplies by the reference
+    logits saves them; :func:`geometric_mix` saves nothing).
+    """
     c = rows.stop - rows.start
     with torch.no_grad():
         z_pol = _logits(h_policy[rows], w_policy, ws.get("policy", c))  # [c, V]
         if mix is None:
-            return z_pol, z_pol
+            return _Mixed(z_pol, z_pol, frozenset())
         z_refs = [_logits(h[rows], w, ws.get(f"ref{k}", c)) for k, (h, w) in enumerate(zip(h_refs, w_refs))]
     if track:
         z_pol = z_pol.detach().requires_grad_(True)  # [c, V] leaf over the workspace buffer
-    with torch.set_grad_enabled(track):
+    saved: set[int] = set()
+
+    def pack(t: Tensor) -> Tensor:
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.set_grad_enabled(track), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
         z_mix = mix(z_pol, z_refs)  # [c, V]
-    return z_pol, z_mix
+    return _Mixed(z_pol, z_mix, frozenset({*saved, z_mix.untyped_storage().data_ptr()}))
+
+
+def _unpack(t: Tensor) -> Tensor:
+    return t
 
 
 def _policy_grad(z_mix: Tensor, z_pol: Tensor, dz: Tensor) -> Tensor | None:
@@ -589,7 +620,7 @@ class _StatsFunction(torch.autograd.Function):
         ws = _workspace(h_policy, w_policy, chunk_size)
         for rows in _chunks(n, chunk_size):
             c = rows.stop - rows.start
-            _, z_mix = _mix_chunk(h_policy, w_policy, h_refs, w_refs, mix, rows, False, ws)  # [c, V]
+            z_mix = _mix_chunk(h_policy, w_policy, h_refs, w_refs, mix, rows, False, ws).z_mix  # [c, V]
             # the logits buffers are dead once mixed (nothing differentiates here): reuse them for d and π
             p_buf = ws.get("ref0", c) if h_refs else ws.get("p", c)  # [c, V]
             f = _fold(z_mix, targets[rows], want_entropy, temperature, ws.get("policy", c), p_buf)
@@ -624,15 +655,17 @@ class _StatsFunction(torch.autograd.Function):
         ws = _workspace(h_policy, w_policy, ctx.chunk_size)
         for rows, guard in zip(_chunks(h_policy.shape[0], ctx.chunk_size), ctx.guarded):
             c = rows.stop - rows.start
-            z_pol, z_mix = _mix_chunk(h_policy, w_policy, h_refs, w_refs, ctx.mix, rows, True, ws)  # [c, V]
-            logq = ws.get("d", c)  # [c, V]
+            z_pol, z_mix, kept = _mix_chunk(h_policy, w_policy, h_refs, w_refs, ctx.mix, rows, True, ws)
+            # log π goes into the reference logits' buffer and π into the policy logits' (dead once z_mix is
+            # read, unless mix's graph saved them): four [c, V] buffers with z_mix and the gradient, not six
+            logq = ws.spare("ref0", "d", c, kept)  # [c, V]
             if temperature != 1.0:
                 torch.div(z_mix.detach(), temperature, out=logq)  # [c, V] z/T
                 logq.sub_(shift[rows])  # [c, V] z/T − max (exact, as in the forward pass)
             else:
                 torch.sub(z_mix.detach(), shift[rows], out=logq)  # [c, V] z − max
             logq.sub_(log_s[rows])  # [c, V] log π
-            p = torch.exp(logq, out=ws.get("p", c))  # [c, V] π
+            p = torch.exp(logq, out=ws.spare("policy", "p", c, kept))  # [c, V] π
             dz_pol = _chunk_grad(
                 z_pol,
                 z_mix,
@@ -682,7 +715,7 @@ class _LossFunction(torch.autograd.Function):
         ws = _workspace(h_policy, w_policy, chunk_size)
         for rows in _chunks(n, chunk_size):
             c = rows.stop - rows.start
-            z_pol, z_mix = _mix_chunk(h_policy, w_policy, h_refs, w_refs, mix, rows, track, ws)  # [c, V]
+            z_pol, z_mix, _ = _mix_chunk(h_policy, w_policy, h_refs, w_refs, mix, rows, track, ws)  # [c, V]
             f = _fold(
                 z_mix.detach(), targets[rows], want_entropy, temperature, ws.get("d", c), ws.get("p", c)
             )
