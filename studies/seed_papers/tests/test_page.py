@@ -36,8 +36,8 @@ def test_the_page_holds_each_presets_block_once_and_its_images():
 
 
 def test_regenerating_a_block_keeps_the_rest_of_the_page(tmp_path):
-    """write_markdown on a copy of the page: the quick block is replaced; the banner, the full block and both
-    discussions stay byte for byte."""
+    """write_markdown on a copy of the page: the quick block is replaced; the banner, the full block, both
+    discussions and the reproducibility section stay byte for byte."""
     page = tmp_path / "seed-study.md"
     original = DEFAULT_RESULTS.read_text(encoding="utf-8")
     page.write_text(original, encoding="utf-8")
@@ -47,4 +47,5 @@ def test_regenerating_a_block_keeps_the_rest_of_the_page(tmp_path):
     assert text.count(begin) == 1 and "## Study, quick variant (regenerated)\n" in text
     before_block, after_block = original.split(begin)[0], original.split(end)[1]
     assert text.startswith(before_block) and text.endswith(after_block)
-    assert "Replaced by study v2" in before_block and "### Discussion (quick)" in after_block
+    assert "Replaced by study v2" in before_block
+    assert "### Discussion (quick)" in after_block and "## Reproducibility" in after_block
