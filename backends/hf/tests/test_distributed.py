@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from ddp_worker import shard_batches
 from hf_helpers import WeightedNLL, make_backend
+from hf_launch import torchrun_two_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -19,18 +16,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 def test_two_cpu_ranks_equal_one_process_on_the_union(model_dirs, tmp_path):
     """2 gloo ranks (each with half the rows, weights normalised per rank) reach the parameters, losses and
     gradient norms of one process stepping on both halves with weights halved, within 1e-5."""
-    here = Path(__file__).parent
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(here / "ddp_worker.py"), str(model_dirs["policy"]), str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun_two_ranks("ddp_worker.py", model_dirs["policy"], tmp_path)
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [i["rank"] for i in infos] == [0, 1] and all(i["world_size"] == 2 for i in infos)
     assert [i["is_main"] for i in infos] == [True, False]

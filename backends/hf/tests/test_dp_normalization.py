@@ -3,16 +3,12 @@ batch in one process (``train.dp_normalization = "global"``), for every aggregat
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from dp_norm_worker import gradient_recorder, settings
 from dp_scenario import global_step, run_step
 from hf_helpers import make_backend
+from hf_launch import torchrun_two_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -20,18 +16,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 def test_two_ranks_with_unequal_lengths_take_the_global_batch_gradient(model_dirs, tmp_path):
     """Each optimiser step's averaged gradient on 2 ranks equals the one-process gradient of the global minibatch
     within 1e-6 (fp32); per-rank normalisation (``rank``) does not."""
-    here = Path(__file__).parent
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(here / "dp_norm_worker.py"), str(model_dirs["policy"]), str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun_two_ranks("dp_norm_worker.py", model_dirs["policy"], tmp_path, timeout=300)
     ddp = torch.load(tmp_path / "grads.pt")
 
     single = make_backend(model_dirs["policy"], grad_clip=0.0, micro_batch_size=3)

@@ -7,15 +7,12 @@ replicated backend and compares.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from fsdp_scenario import STEPS, backend, rollouts, train
+from hf_launch import torchrun_two_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -23,20 +20,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 @pytest.fixture(scope="module", params=["fsdp", "ddp"])
 def launched(request, model_dirs, tmp_path_factory):
     """``backend.parallel`` (the param) and the worker's output directory after one 2-process launch."""
-    here = Path(__file__).parent
     out = tmp_path_factory.mktemp(request.param)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(here / "fsdp_worker.py"), str(model_dirs["policy"]), str(model_dirs["reference"]), str(out),
-        request.param,
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun_two_ranks("fsdp_worker.py", model_dirs["policy"], model_dirs["reference"], out, request.param)
     return request.param, out
 
 
