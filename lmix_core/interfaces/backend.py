@@ -265,6 +265,18 @@ class TrainerBackend(Component):
             gradient was not finite.
         """
 
+    def check_groups(self, groups: Sequence[Sequence[MicroBatch]], /) -> None:
+        """The first check of every :meth:`train_step`: one micro-batch group per optimiser state.
+
+        Raises:
+            BackendError: ``len(groups)`` is not ``context.num_optimizer_states``.
+        """
+        n_states = self.context.num_optimizer_states
+        if len(groups) != n_states:
+            raise BackendError(
+                f"train_step got {len(groups)} micro-batch group(s) for {n_states} optimiser state(s)"
+            )
+
     # -- persistence -----------------------------------------------------------------------------------------
     @abstractmethod
     def save_checkpoint(self, path: Path, /) -> None:

@@ -434,11 +434,8 @@ class HFBackend(TrainerBackend):
         step: int,
         lr_step: int | None = None,
     ) -> StepReport:
+        self.check_groups(groups)
         K = self.context.num_optimizer_states
-        if len(groups) != K:
-            raise BackendError(
-                f"train_step got {len(groups)} micro-batch group(s) for {K} optimiser state(s)"
-            )
         if objective.needs_ref_logp and not self._references:
             raise BackendError(
                 "the objective needs ref_logp, but the backend loaded no reference (num_references = 0)"

@@ -626,11 +626,8 @@ class MegatronBackend(TrainerBackend):
         step: int,
         lr_step: int | None = None,
     ) -> StepReport:
+        self.check_groups(groups)
         n_states = self.context.num_optimizer_states
-        if len(groups) != n_states:
-            raise BackendError(
-                f"train_step got {len(groups)} micro-batch group(s) for {n_states} optimiser state(s)"
-            )
         groups = self._broadcast([list(g) for g in groups])
         self._set_lr(step if lr_step is None else lr_step)
         self.model.train()
