@@ -350,6 +350,20 @@ def _parse_value(text: str) -> Any:
     return s
 
 
+def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: tables merge key by key, any other value replaces (neither is modified).
+
+    How the demo, the comparisons and the studies build a recipe mapping from a shared one and their changes.
+    """
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> tuple[list[Problem], list[str]]:
     """Apply ``KEY=VALUE`` overrides to ``data`` in place.
 
@@ -967,6 +981,7 @@ __all__ = [
     "apply_overrides",
     "dump_toml",
     "load_recipe",
+    "merged",
     "parse_override",
     "recipe_from_mapping",
 ]

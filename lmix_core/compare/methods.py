@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import attrs
 
+from lmix_core.recipe import merged
+
 Tables = Mapping[str, Any]
 #: What a method is evaluated as: ``default`` (the recipe's own deployment) or the named distribution.
 Deployment = Literal["default", "combined", "policy"]
@@ -48,17 +50,6 @@ class Method:
     reasons: Mapping[str, str] = attrs.field(factory=dict)
     schedule: Callable[[int], Tables] = _no_schedule
     deployments: tuple[Deployment, ...] = ("default",)
-
-
-def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``changes`` applied table by table (neither is modified)."""
-    out = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _switch_at(eighths: int) -> Callable[[int], Tables]:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lmix_core.recipe import merged
+
 #: Demo defaults: the model and data sizes that fit the 5-minute budget on 2 CPU cores. SFT imitates both kinds of
 #: demonstration; RL with the answer check learns that working the columns out pays (docs/demo.md).
 DEMO = {
@@ -46,17 +48,6 @@ SMOKE: dict[str, Any] = {
         "sampling": {"max_new_tokens": 16},
     },
 }
-
-
-def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``changes`` applied: tables merge key by key, any other value replaces (neither is modified)."""
-    out = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def build_inputs(out: Path, seed: int, sizes: Mapping[str, Any] | None = None) -> dict[str, Path]:

@@ -14,7 +14,6 @@ problem at once.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from attrs import validators as v
 
 from lmix_core.config import structure, unstructure
 from lmix_core.errors import ConfigError
+from lmix_core.recipe import merged
 
 SIZES_FILE = Path(__file__).with_name("sizes.toml")
 Preset = Literal["full", "quick", "smoke"]
@@ -206,16 +206,6 @@ class Sizes:
         return unstructure(self)
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_sizes(preset: Preset = "full", path: Path | str = SIZES_FILE) -> Sizes:
     """The ``preset`` of ``path``: ``[full]``, with ``[quick]`` or ``[smoke]`` merged onto it.
 
@@ -231,7 +221,7 @@ def load_sizes(preset: Preset = "full", path: Path | str = SIZES_FILE) -> Sizes:
             f"{str(path)!r}: presets must be among {list(PRESETS)} (asked {preset!r}, file has {sorted(tables)})"
         )
     table = (
-        _merge(tables.get("full", {}), tables.get(preset, {})) if preset != "full" else tables.get("full", {})
+        merged(tables.get("full", {}), tables.get(preset, {})) if preset != "full" else tables.get("full", {})
     )
     sizes, problems = structure(
         Sizes, {**table, "preset": preset}, path=preset, owner=f"sizes preset {preset!r}"
