@@ -17,16 +17,32 @@ Peak memory is the process's resident-set high-water mark (``VmHWM`` in ``/proc/
 run; the reward worker processes are not counted (they are the same in every configuration). ``baseline`` is the
 same process's resident set (``VmRSS``) after importing torch, transformers, peft and lmix, before any model is
 loaded. Step time is the median ``step_time_s`` after the first step (``--steps`` steps in all); it depends on the machine's
-load, which is printed before and after each configuration. ``--recompute`` sets ``backend.recompute = "full"``
-(activation checkpointing) in every configuration.
+load, which is printed before and after each configuration.
+
+Settings that apply to every configuration alike: ``--recompute`` sets ``backend.recompute = "full"`` (activation
+checkpointing), ``--chunk N`` ``backend.logprob_chunk_size = N`` (tokens per ``[chunk, V]`` block of the log-prob
+kernel; 0, the default, lets the backend choose: 512 at this vocabulary), ``--decoder transformers``
+``rollout_engine.decoder``. Environment variables (``MALLOC_MMAP_THRESHOLD_`` and the like) reach every child.
+
+``--attribute`` also prints, per configuration, one line per phase of the run (loading, sampling, scoring, and in a
+training step the reference and policy forwards, the log-prob kernel, backward through the kernel and through the
+decoder, the optimiser step; ``start`` is everything outside them: the loop, the rewards, the final export): the
+peak of the bytes ``malloc`` has handed out and not had back, above the value before loading (live tensors and
+Python objects; the safetensors weights are file mappings, not ``malloc``'d, so they are not in it), the peak
+resident set, and the bytes autograd saved for backward in that phase (parameters excluded): :class:`PhaseMonitor`.
+``LMIX_BENCH_MALLOC_TRIM=1`` in the environment makes the monitor call glibc's ``malloc_trim(0)`` at every phase
+change (an experiment on allocator retention, not a setting of lmix).
 
 Usage:
     .venv/bin/python benchmarks/bench_lora_memory.py [--steps 3] [--threads 2] [--configs full,lora] [--recompute]
+        [--chunk N] [--decoder fused|transformers] [--attribute]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import os
 import resource
@@ -35,10 +51,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-SHAPE = dict(
+SHAPE: dict[str, Any] = dict(
     arch="qwen2",
     vocab_size=32768,
     hidden_size=768,
@@ -65,6 +84,152 @@ def memory_mib(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the closest figure
 
 
+MALLINFO2_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (``man 3 mallinfo2``)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in MALLINFO2_FIELDS.split()]
+
+
+class PhaseMonitor:
+    """Peak memory by phase of a run: a thread samples every ``period`` seconds the bytes glibc's ``malloc`` has
+    handed out and not had back (``uordblks + hblkhd`` of ``mallinfo2``: every live tensor's storage, and Python's
+    own small objects) and the resident set; wrappers installed by :meth:`instrument` name the phase. The tensors
+    autograd saves for backward (parameters excluded) are counted by the phase that saved them.
+    """
+
+    def __init__(self, period: float = 0.002, trim: bool = False) -> None:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        self._mallinfo2 = libc.mallinfo2
+        self._malloc_trim = libc.malloc_trim
+        self.trim = trim  # malloc_trim(0) at every phase change: hands glibc's free pages back to the system
+        self.phase = "start"
+        self.peaks: dict[str, list[int]] = {}  # phase -> [peak in use, peak RSS, in use on first entry]
+        self.saved: dict[str, int] = {}  # phase -> bytes autograd saved for backward (last train step)
+        self._seen: set[int] = set()
+        self.params: set[int] = set()
+        self._period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def in_use(self) -> int:
+        info = self._mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    def arena_free(self) -> int:
+        """Bytes glibc holds in its arenas but has not handed out (freed, kept for reuse)."""
+        return int(self._mallinfo2().fordblks)
+
+    def sample(self) -> None:
+        used = self.in_use()
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rec = self.peaks.setdefault(self.phase, [0, 0, used])
+        rec[0], rec[1] = max(rec[0], used), max(rec[1], rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self.sample()
+
+    def __enter__(self) -> PhaseMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def phased(
+        self, name: str | Callable[[tuple[Any, ...]], str], fn: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """``fn`` run under the phase ``name`` (or ``name(args)``), the previous phase restored after it."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            previous = self.phase
+            self.sample()
+            self.phase = name(args) if callable(name) else name
+            if self.trim:
+                self._malloc_trim(0)
+            self.sample()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sample()
+                self.phase = previous
+                if self.trim:
+                    self._malloc_trim(0)
+
+        return wrapper
+
+    def pack(self, t: Any) -> Any:
+        """``saved_tensors_hooks`` pack: count the storage once (parameters excluded), keep the tensor as it is."""
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._seen and ptr not in self.params:
+            self._seen.add(ptr)
+            self.saved[self.phase] = self.saved.get(self.phase, 0) + storage.nbytes()
+        return t
+
+    def instrument(self) -> None:
+        """Name the phases of ``lmix_hf``'s backend: load, sample, score, and in a train step the forwards, the
+        log-prob kernel, the two parts of backward and the optimiser step."""
+        import torch
+
+        from lmix_core.ops import mixed_logprobs
+        from lmix_hf import backend, token_stats
+
+        hf = backend.HFBackend
+        init, train_step = hf.__init__, hf.train_step
+
+        def load(self_: Any, *args: Any, **kwargs: Any) -> None:
+            init(self_, *args, **kwargs)
+            models = [self_.policy, *self_.references]
+            self.params = {p.untyped_storage().data_ptr() for m in models for p in m.parameters()}
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            self._seen.clear()
+            self.saved.clear()
+            return train_step(*args, **kwargs)
+
+        def forward_name(args: tuple[Any, ...]) -> str:
+            trainable = any(p.requires_grad for p in args[0].parameters())
+            return f"{self.phase}: {'policy' if trainable else 'reference'} forward"
+
+        def kernel_name(args: tuple[Any, ...]) -> str:
+            return f"{self.phase}: log-probs"
+
+        stats_fn = mixed_logprobs._StatsFunction  # autograd looks its backward up on the class when it runs
+        wrapped: list[tuple[Any, str, Any, Any]] = [  # (owner, attribute, phase, what runs)
+            (hf, "__init__", "load", load),
+            (hf, "generate", "sample", hf.generate),
+            (hf, "score", "score", hf.score),
+            (hf, "train_step", "train", step),
+            (token_stats, "final_hidden", forward_name, token_stats.final_hidden),
+            (token_stats, "shared_hidden", forward_name, token_stats.shared_hidden),
+            (token_stats, "mixed_token_stats", kernel_name, token_stats.mixed_token_stats),
+            (torch.Tensor, "backward", "train: backward (decoder)", torch.Tensor.backward),
+            (torch.optim.AdamW, "step", "train: optimizer step", torch.optim.AdamW.step),
+        ]
+        for owner, attribute, phase, fn in wrapped:
+            setattr(owner, attribute, self.phased(phase, fn))
+        backward = self.phased("train: backward (log-prob chunks)", stats_fn.backward)
+        setattr(stats_fn, "backward", staticmethod(backward))  # noqa: B010 - a method: mypy refuses assigning one
+
+    def report(self, baseline: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "phase": phase,
+                "peak_in_use_mib": round((rec[0] - baseline) / 2**20, 1),
+                "peak_rss_mib": round(rec[1] / 2**20, 1),
+                "saved_for_backward_mib": round(self.saved.get(phase, 0) / 2**20, 1),
+            }
+            for phase, rec in self.peaks.items()
+        ]
+
+
 def make_inputs(root: Path) -> dict[str, Path]:
     from lmix_core.demo.task import generate, write_jsonl
     from lmix_core.synthetic.model import save_tiny_model_dir
@@ -79,10 +244,14 @@ def make_inputs(root: Path) -> dict[str, Path]:
     }
 
 
-def recipe_text(config: str, inputs: dict[str, Path], steps: int, recompute: bool) -> str:
+def recipe_text(
+    config: str, inputs: dict[str, Path], steps: int, recompute: bool, chunk: int, decoder: str
+) -> str:
     backend = f"model = {json.dumps(str(inputs['model']))}\n"
     if recompute:
         backend += 'recompute = "full"\n'
+    if chunk:
+        backend += f"logprob_chunk_size = {chunk}\n"
     if config != "full":
         backend += f"lora_rank = {LORA_RANK}\nlora_alpha = {2 * LORA_RANK}\n"
     if config == "lora_separate_ref":
@@ -109,14 +278,27 @@ group_size = {GROUP}
 max_new_tokens = {NEW_TOKENS}
 [data]
 train = {json.dumps(str(inputs["train"]))}
+[rollout_engine]
+type = "hf"
+decoder = "{decoder}"
 [logging]
 wandb = "disabled"
 progress = false
 """
 
 
-def child(config: str, root: Path, steps: int, threads: int, recompute: bool) -> None:
-    """Run one configuration in this (fresh) process and print one JSON line."""
+def child(
+    config: str,
+    root: Path,
+    steps: int,
+    threads: int,
+    recompute: bool,
+    chunk: int,
+    decoder: str,
+    attribute: bool,
+) -> None:
+    """Run one configuration in this (fresh) process and print one JSON line (with ``attribute``, one line per
+    phase before it: :class:`PhaseMonitor`)."""
     import peft  # noqa: F401 - imported before the baseline so both configurations count the same libraries
     import torch
     import transformers  # noqa: F401
@@ -127,12 +309,24 @@ def child(config: str, root: Path, steps: int, threads: int, recompute: bool) ->
     if threads:
         torch.set_num_threads(threads)
     baseline = memory_mib("VmRSS")
+    trim = os.environ.get("LMIX_BENCH_MALLOC_TRIM") == "1"
+    monitor = PhaseMonitor(trim=trim) if attribute or trim else None
+    heap_baseline = monitor.in_use() if monitor is not None else 0
+    if monitor is not None:
+        monitor.instrument()
     inputs = {k: root / v for k, v in (("model", "model"), ("copy", "model_copy"), ("train", "train.jsonl"))}
     recipe = root / f"{config}.toml"
-    recipe.write_text(recipe_text(config, inputs, steps, recompute))
+    recipe.write_text(recipe_text(config, inputs, steps, recompute, chunk, decoder))
     out = root / f"run-{config}"
     t0 = time.perf_counter()
-    train(load_recipe(recipe), out, quiet=True)
+    if monitor is None:
+        train(load_recipe(recipe), out, quiet=True)
+    else:
+        with monitor, torch.autograd.graph.saved_tensors_hooks(monitor.pack, lambda t: t):
+            train(load_recipe(recipe), out, quiet=True)
+        for row in monitor.report(heap_baseline):
+            print(json.dumps({"config": config, **row}), flush=True)
+        print(json.dumps({"config": config, "arena_free_mib": round(monitor.arena_free() / 2**20, 1)}))
     wall = time.perf_counter() - t0
     peak = memory_mib("VmHWM")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -142,6 +336,8 @@ def child(config: str, root: Path, steps: int, threads: int, recompute: bool) ->
             {
                 "config": config,
                 "recompute": recompute,
+                "logprob_chunk_size": chunk,
+                "decoder": decoder,
                 "peak_rss_mib": round(peak, 1),
                 "baseline_rss_mib": round(baseline, 1),
                 "step_time_s": [round(t, 3) for t in times],
@@ -175,12 +371,36 @@ def main() -> None:
     parser.add_argument(
         "--recompute", action="store_true", help='backend.recompute = "full" in every configuration'
     )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="backend.logprob_chunk_size in every configuration (0: the backend's automatic size)",
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=("fused", "transformers"),
+        default="fused",
+        help="rollout_engine.decoder in every configuration",
+    )
+    parser.add_argument(
+        "--attribute", action="store_true", help="also print each phase's peak memory (PhaseMonitor)"
+    )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.root, args.steps, args.threads, args.recompute)
+        child(
+            args.child,
+            args.root,
+            args.steps,
+            args.threads,
+            args.recompute,
+            args.chunk,
+            args.decoder,
+            args.attribute,
+        )
         return
     if args.prepare:
         inputs = make_inputs(args.root)
@@ -201,12 +421,17 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", config, "--root", str(root)]
             cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
             cmd += ["--recompute"] if args.recompute else []
+            cmd += ["--chunk", str(args.chunk), "--decoder", args.decoder]
+            cmd += ["--attribute"] if args.attribute else []
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
             )
             if proc.returncode != 0:
                 sys.exit(f"configuration {config} failed:\n{proc.stderr[-4000:]}")
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            *phases, last = proc.stdout.strip().splitlines()
+            for line in phases:
+                print(line, flush=True)
+            result = json.loads(last)
             result["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             results[config] = result
             print(json.dumps(result), flush=True)
