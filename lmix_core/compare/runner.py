@@ -651,12 +651,14 @@ def run_comparison(
     *,
     gate_only: bool = False,
     enforce_gate: bool = True,
+    gate_sizes: Sizes | None = None,
 ) -> dict[str, Any]:
     """Run a comparison: the starting model's evaluation and the gate's methods first, the gate, then the rest.
 
     Returns ``{"gate": gate verdict, "ran": [method names]}``; when the gate fails the other methods are not run
     (``enforce_gate=False``, for pipeline checks at micro sizes only, runs them anyway; the verdict still records
-    the failure).
+    the failure). ``gate_sizes`` (default ``sizes``) chooses the cells the gate is checked on: a shard of the
+    study passes every data seed's sizes to decide on all cells once the other shards' gate runs have finished.
     """
     from lmix_core.compare.gate import check_gate
 
@@ -666,7 +668,8 @@ def run_comparison(
     for name in first:
         for d, t in cells(sizes):
             run_method(layout, sizes, comparison, methods[name], d, t, log)
-    gate = check_gate(layout, sizes, comparison) | {"cells": [list(c) for c in cells(sizes)]}
+    on = gate_sizes or sizes
+    gate = check_gate(layout, on, comparison) | {"cells": [list(c) for c in cells(on)]}
     write_json(layout.gate(comparison.name), gate)
     log(f"{comparison.name}: gate {'passed' if gate['passed'] else 'FAILED'}: {gate['reason']}")
     if (not gate["passed"] and enforce_gate) or gate_only:

@@ -10,7 +10,8 @@ on 2 CPU cores, see ``docs/study-design.md``), ``--quick`` (one data seed, two t
 
 ``--data-seeds 0`` restricts an invocation to some data seeds, so that one machine's cores can run the study as
 several single-threaded processes side by side (one per data seed, each with its own data, pretraining and runs):
-such a shard checks each gate on its own cells only and writes its report to ``OUT/results-d<D>.md``; a last
+such a shard checks each gate on its own cells only (``--gate-cells all``: on every data seed's, once the other
+shards' gate runs have finished) and writes its report to ``OUT/results-d<D>.md``; a last
 invocation without the option then checks the gates on every cell, runs whatever the shards left (a method a
 shard's gate held back, when the gate over every cell passes) and writes the report.
 """
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run only these data seeds (comma-separated): a shard of the study, one process per data seed",
     )
+    p.add_argument(
+        "--gate-cells",
+        choices=("mine", "all"),
+        default="mine",
+        help="with --data-seeds: check each gate on this shard's cells (mine) or on every data seed's (all: "
+        "the other shards' gate runs must have finished)",
+    )
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the run folders")
     p.add_argument(
         "--gates-only",
@@ -97,6 +105,7 @@ def run_study(
     command: str = "python -m studies.mixing",
     log: Any = print,
     gates_only: bool = False,
+    gate_sizes: Sizes | None = None,
 ) -> Path:
     """Run (or continue) the study and write the report; returns the report's path."""
     layout = runner.Layout(out)
@@ -115,7 +124,14 @@ def run_study(
         for c in comparisons:
             methods = {m: METHODS[m] for m in c.methods}
             runner.run_comparison(
-                layout, sizes, c, methods, log, enforce_gate=sizes.preset != "tiny", gate_only=gates_only
+                layout,
+                sizes,
+                c,
+                methods,
+                log,
+                enforce_gate=sizes.preset != "tiny",
+                gate_only=gates_only,
+                gate_sizes=gate_sizes,
             )
             report.write_report(layout, sizes, comparisons, results, command=command)
             left = runner.projection(layout, sizes, [(x, x.methods) for x in comparisons])
@@ -134,7 +150,7 @@ def run_study(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
-    sizes = PRESETS[preset]
+    sizes = gate_sizes = PRESETS[preset]
     out = args.out or DEFAULT_OUT[preset]
     results = args.results or (REPO / "docs" / "results.md" if preset == "full" else out / "results.md")
     if args.data_seeds is not None:
@@ -164,7 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = report.write_report(runner.Layout(out), sizes, plan.select(only), results, command=command)
         else:
             path = run_study(
-                sizes, out, only=only, results=results, command=command, log=log, gates_only=args.gates_only
+                sizes,
+                out,
+                only=only,
+                results=results,
+                command=command,
+                log=log,
+                gates_only=args.gates_only,
+                gate_sizes=gate_sizes if args.gate_cells == "all" else None,
             )
     except (LmixError, ValueError) as exc:
         print(f"python -m studies.mixing: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import attrs
 import pytest
@@ -97,7 +98,7 @@ def test_projection_prices_unfinished_runs_at_the_measured_cost_per_step(study: 
     assert ahead["seconds"] == pytest.approx(SIZES.post.steps * costs["wall_s"] / costs["steps"])
 
 
-def test_shards_by_data_seed_compose_into_one_study(tmp_path) -> None:
+def test_shards_by_data_seed_compose_into_one_study(tmp_path: Path) -> None:
     # two shards (one data seed each, as two processes would run them side by side), then the plain invocation:
     # it finds every run done, trains nothing and reports both data seeds
     from studies.mixing.command import main
@@ -111,16 +112,30 @@ def test_shards_by_data_seed_compose_into_one_study(tmp_path) -> None:
     run_study(sizes, out, only=["format"], results=tmp_path / "results.md", log=log.append)
     assert not [m for m in log if "/" in m.split(":")[0] or "pretrain" in m or "SFT starting" in m]
     assert json.loads(runner.Layout(out).gate("format").read_text())["cells"] == [[0, 0], [1, 0]]
+    # a shard may decide its gate on every data seed's cells once their gate runs are done
+    run_study(
+        attrs.evolve(sizes, data_seeds=(1,)),
+        out,
+        only=["format"],
+        results=tmp_path / "r1.md",
+        log=lambda m: None,
+        gate_sizes=sizes,
+    )
+    assert json.loads(runner.Layout(out).gate("format").read_text())["cells"] == [[0, 0], [1, 0]]
     timings = json.loads((out / "timings.json").read_text())["invocations"]
-    assert [e["data_seeds"] for e in timings] == [[0], [1], [0, 1]]
+    assert [e["data_seeds"] for e in timings] == [[0], [1], [0, 1], [1]]
     # the command line: a shard writes its own report beside the runs, an unknown seed is refused
     tiny = tmp_path / "tiny"
     assert main(["--tiny", "--data-seeds", "0", "--only", "format", "--out", str(tiny)]) == 0
     assert (tiny / "results-d0.md").exists()
     assert main(["--tiny", "--data-seeds", "3", "--out", str(tiny)]) == 2
+    assert (
+        main(["--tiny", "--data-seeds", "0", "--gate-cells", "all", "--only", "format", "--out", str(tiny)])
+        == 0
+    )
 
 
-def test_times_count_overlapping_shards_once(tmp_path) -> None:
+def test_times_count_overlapping_shards_once(tmp_path: Path) -> None:
     from studies.mixing.report import _times
 
     inv = [
