@@ -3,6 +3,7 @@
 A :class:`Check` is one paired difference the claim predicts (``better``: significantly above 0; ``not_worse``:
 the interval's lower end above ``-margin``). A comparison's verdict (:func:`verdict`):
 
+* the comparison has not run, or some of its runs have not finished → *not decided yet*;
 * its regime's gate failed → *cannot be decided at this scale* (the precondition, not the methods, failed);
 * every check passes → *holds*; some pass → *holds partly*;
 * none passes and one is significant the other way → *does not reproduce*;
@@ -93,11 +94,11 @@ def select(only: Sequence[str] | None) -> tuple[Comparison, ...]:
 def verdict(gate: Mapping[str, Any] | None, outcomes: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     """``(verdict, reason)`` from the gate and the checks' outcomes (``{"passed", "against", "text"}`` each)."""
     if gate is None:
-        return "cannot be decided at this scale", "the comparison has not run"
+        return "not decided yet", "the comparison has not run"
     if not gate["passed"]:
         return "cannot be decided at this scale", f"the regime's precondition failed: {gate['reason']}"
     if any(o.get("missing") for o in outcomes):
-        return "cannot be decided at this scale", "some runs have not finished"
+        return "not decided yet", "some runs have not finished"
     passed = [o for o in outcomes if o["passed"]]
     if passed and len(passed) == len(outcomes):
         return "holds", "every predicted difference is significant in the predicted direction"
