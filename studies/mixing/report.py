@@ -116,6 +116,22 @@ def _times(layout: Layout) -> str:
     )
 
 
+def _progress(layout: Layout, sizes: Sizes, comparisons: Sequence[Comparison]) -> str:
+    """How many of the planned runs have finished (a gate that failed leaves its comparison's other runs out)."""
+    planned = done = 0
+    for c in comparisons:
+        gate = _gate(layout, sizes, c)
+        skipped = gate is not None and not gate.get("provisional") and not gate["passed"]
+        for m in c.methods:
+            if skipped and m not in c.gate_methods:
+                continue
+            for d, t in cells(sizes):
+                planned += 1
+                done += (layout.run_dir(c.name, m, d, t) / "result.json").exists()
+    state = "the study is complete" if done == planned else "the study is still running; verdicts may change"
+    return f"Runs finished: {done} of {planned} ({state})."
+
+
 def _gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str, Any] | None:
     """The gate on every cell when its runs are all there (a shard may have written one on its own cells only),
     else the gate file as written (``None`` when the comparison has not reached its gate)."""
@@ -233,6 +249,8 @@ def write_report(
         f"{sizes.post.group_size} rollouts per run, {sizes.eval_samples} samples per held-out problem.",
         "",
         "### Summary",
+        "",
+        _progress(layout, sizes, comparisons),
         "",
         *[f"- {c.title}: **{v}**" for c, v in verdicts],
         "",

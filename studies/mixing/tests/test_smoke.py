@@ -34,6 +34,13 @@ def test_report_has_each_comparison_with_gate_table_and_verdict(study: dict) -> 
     # at micro sizes every gate fails, so every verdict says the claim cannot be decided, with the gate's reason
     assert text.count("cannot be decided at this scale") >= 2 and "precondition failed" in text
     assert "problems shared between files of different roles: 0" in text
+    # a failed gate leaves its comparison's other methods out of the plan (though --tiny runs them anyway)
+    planned = 0
+    for n in ("format", "hard"):
+        c = COMPARISONS[n]
+        passed = json.loads(study["layout"].gate(n).read_text())["passed"]
+        planned += len(c.methods if passed else c.gate_methods) * len(runner.cells(SIZES))
+    assert f"Runs finished: {planned} of {planned} (the study is complete)." in text
     assert "| GRPO | " in text and "| LUFFY (1 demonstration per group) | " in text
     assert "`train.ppo_epochs`" not in text  # shared by the whole comparison: not a difference
     assert "| luffy | `loss.type` | 'ppo_clip' | 'pg' |" in text
