@@ -17,6 +17,13 @@ from lmix_core.compare.runner import Layout
 from lmix_core.compare.sizes import Sizes
 from lmix_core.testbed.regimes import HARD_PASS_AT_8, REGIMES
 
+PAIRED: dict[str, tuple[str, str, int, str]] = {
+    "grpo_improves": ("grpo", "task", +1, "GRPO minus the starting model, held-out pass@1"),
+    "sft_degrades_probe": ("sft", "probe", -1, "SFT minus the starting model, probe exact match"),
+}
+"""Gates that compare one method with the starting model, paired: ``gate: (method, metric, the sign the difference
+must have, what the difference is)``; the gate passes when the difference is significant with that sign."""
+
 
 def check_gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str, Any]:
     """``{"gate", "passed", "reason", ...figures}`` for the comparison's regime."""
@@ -33,25 +40,13 @@ def check_gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str
             raise ValueError(f"gate {gate!r} needs every run of {name!r}")
         return found
 
-    if gate == "grpo_improves":
-        d = stats.paired_difference(matrix(runs("grpo"), "task"), matrix(start, "task"))
-        ok = d.significant and d.estimate.mean > 0
-        why = f"GRPO minus the starting model, held-out pass@1: {d.render()}"
+    if gate in PAIRED:
+        method, metric, sign, what = PAIRED[gate]
+        d = stats.paired_difference(matrix(runs(method), metric), matrix(start, metric))
         return {
             "gate": gate,
-            "passed": ok,
-            "reason": why,
-            "difference": d.estimate.mean,
-            "p_value": d.p_value,
-        }
-    if gate == "sft_degrades_probe":
-        d = stats.paired_difference(matrix(runs("sft"), "probe"), matrix(start, "probe"))
-        ok = d.significant and d.estimate.mean < 0
-        why = f"SFT minus the starting model, probe exact match: {d.render()}"
-        return {
-            "gate": gate,
-            "passed": ok,
-            "reason": why,
+            "passed": d.significant and sign * d.estimate.mean > 0,
+            "reason": f"{what}: {d.render()}",
             "difference": d.estimate.mean,
             "p_value": d.p_value,
         }
@@ -78,4 +73,4 @@ def check_gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str
     raise ValueError(f"unknown gate {gate!r}")
 
 
-__all__ = ["check_gate"]
+__all__ = ["PAIRED", "check_gate"]
