@@ -15,7 +15,7 @@ from lmix_core.compare import stats
 from lmix_core.compare.methods import Comparison
 from lmix_core.compare.runner import Layout
 from lmix_core.compare.sizes import Sizes
-from lmix_core.testbed.regimes import HARD_PASS_AT_8, REGIMES
+from lmix_core.testbed.regimes import HARD_PASS_AT_8, MIN_SPREAD, REGIMES
 
 PAIRED: dict[str, tuple[str, str, int, str]] = {
     "grpo_improves": ("grpo", "task", +1, "GRPO minus the starting model, held-out pass@1"),
@@ -56,11 +56,12 @@ def check_gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str
         best, worst = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
         d = stats.paired_difference(scores[best], scores[worst])
         why = (
-            f"best static schedule ({best}) minus worst ({worst}), held-out {comparison.metric}: {d.render()}"
+            f"best static schedule ({best}) minus worst ({worst}), held-out {comparison.metric}: {d.render()} "
+            f"(needs significance and at least {MIN_SPREAD})"
         )
         return {
             "gate": gate,
-            "passed": d.significant,
+            "passed": d.significant and d.estimate.mean >= MIN_SPREAD,
             "reason": why,
             "difference": d.estimate.mean,
             "p_value": d.p_value,

@@ -39,6 +39,9 @@ Start = Literal["sft", "ck_early", "ck_final"]
 Gate = Literal["grpo_improves", "sft_degrades_probe", "static_spread", "hard_start"]
 
 HARD_PASS_AT_8 = 0.05
+MIN_SPREAD = 0.02
+"""The ``static_spread`` gate's least best-minus-worst difference: significance alone passed 0.002, a spread too
+small for the switch point to matter."""
 """The ``hard`` gate's bound on the starting model's pass@8 over the hard RL prompts."""
 
 
@@ -113,4 +116,4 @@ REGIMES: Mapping[str, Regime] = {
 """Every regime by name."""
 
 
-__all__ = ["HARD_PASS_AT_8", "REGIMES", "Regime"]
+__all__ = ["HARD_PASS_AT_8", "MIN_SPREAD", "REGIMES", "Regime"]
