@@ -19,7 +19,7 @@ of per-token terms of ``(log π, H)``, :func:`mixed_token_loss` computes the gra
 (Liger-style "gradient in forward") and needs no recomputation: the same four matmuls as the naive formula.
 
 Where the logits are small (``N·V`` below :data:`PLAIN_BYTES`, or :data:`PLAIN_ENTROPY_BYTES` with the entropy) and
-no ``chunk_size`` is given, :func:`mixed_token_stats` takes the plain formula instead (:func:`plain_token_stats`:
+no ``chunk_size`` is given, :func:`mixed_token_stats` takes the plain formula instead (:func:`reference_token_stats`:
 full ``[N, V]`` logits, plain autograd, no recomputation), which measured faster there (:func:`takes_plain_path`).
 
 Gradient of one token's statistics with respect to the (tempered) combined logits ``z = z_mix/T``::
@@ -54,7 +54,7 @@ TokenLoss = Callable[[Tensor, "Tensor | None", slice], Tensor]
 #: Target size in bytes of one ``[chunk, V]`` fp32 buffer when ``chunk_size`` is None (see :func:`auto_chunk_size`).
 CHUNK_BYTES = 64 * 2**20
 #: With ``chunk_size=None``, statistics without entropy whose ``[N, V]`` fp32 logits (per head) fit in this many
-#: bytes take the plain path (:func:`plain_token_stats`).
+#: bytes take the plain path (:func:`reference_token_stats`).
 PLAIN_BYTES = CHUNK_BYTES
 #: The same bound when the entropy is asked for (the chunked path wins above it; see :func:`takes_plain_path`).
 PLAIN_ENTROPY_BYTES = 16 * 2**20
@@ -145,7 +145,7 @@ def auto_chunk_size(vocab: int, *, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 
 def takes_plain_path(n: int, vocab: int, heads: int, entropy: bool) -> bool:
-    """Whether :func:`mixed_token_stats` with ``chunk_size=None`` uses :func:`plain_token_stats`.
+    """Whether :func:`mixed_token_stats` with ``chunk_size=None`` uses :func:`reference_token_stats`.
 
     Measured on one CPU thread (hidden size 256, forward + backward, the policy alone): with the log-probs alone the plain path took 0.76–0.94× the
     chunked path's time at every size tried (``N`` 512–2048, ``V`` 2k–152k), because the chunked backward recomputes
@@ -183,28 +183,6 @@ def _full_log_softmax(
     return torch.log_softmax(z, dim=-1)  # [N, V]
 
 
-def plain_token_stats(
-    h_policy: Tensor,
-    w_policy: Tensor,
-    h_refs: Sequence[Tensor],
-    w_refs: Sequence[Tensor],
-    targets: Tensor,
-    mix: Mix | None,
-    *,
-    temperature: float = 1.0,
-    entropy: bool = True,
-) -> MixedTokenStats:
-    """:func:`reference_token_stats` with ``−inf`` logits allowed: the plain path of :func:`mixed_token_stats`."""
-    logq = _full_log_softmax(h_policy, w_policy, h_refs, w_refs, mix, temperature)  # [N, V]
-    logp = logq.gather(-1, targets[:, None]).squeeze(-1)  # [N]
-    if not entropy:
-        return MixedTokenStats(logp, None)
-    ent = -(logq.exp() * logq).sum(-1)  # [N]
-    if not bool(torch.isfinite(ent).all()):  # −inf logits: π = 0 there, and 0·(−inf) must count as 0
-        ent = -(logq.exp() * logq.masked_fill(logq == -math.inf, 0.0)).sum(-1)  # [N]
-    return MixedTokenStats(logp, ent)
-
-
 def reference_token_stats(
     h_policy: Tensor,
     w_policy: Tensor,
@@ -218,14 +196,17 @@ def reference_token_stats(
 ) -> MixedTokenStats:
     """The naive formula :func:`mixed_token_stats` must reproduce: full ``[N, V]`` logits, plain autograd.
 
-    For tests and benchmarks only: it materialises every head's full logits (each intermediate is dropped as soon
-    as autograd no longer needs it, so this is the lean form of the naive formula).
+    It materialises every head's full logits (each intermediate is dropped as soon as autograd no longer needs
+    it, so this is the lean form of the naive formula). Tests and benchmarks compare against it, and
+    :func:`mixed_token_stats` takes it as its plain path where the logits are small; ``−inf`` logits are allowed.
     """
     logq = _full_log_softmax(h_policy, w_policy, h_refs, w_refs, mix, temperature)  # [N, V]
     logp = logq.gather(-1, targets[:, None]).squeeze(-1)  # [N]
     if not entropy:
         return MixedTokenStats(logp, None)
     ent = -(logq.exp() * logq).sum(-1)  # [N]
+    if not bool(torch.isfinite(ent).all()):  # −inf logits: π = 0 there, and 0·(−inf) must count as 0
+        ent = -(logq.exp() * logq.masked_fill(logq == -math.inf, 0.0)).sum(-1)  # [N]
     return MixedTokenStats(logp, ent)
 
 
@@ -262,7 +243,7 @@ def mixed_token_stats(
     h_refs, w_refs, chunk = _check(h_policy, w_policy, h_refs, w_refs, targets, mix, temperature, chunk_size)
     n, vocab = h_policy.shape[0], w_policy.shape[0]
     if chunk_size is None and takes_plain_path(n, vocab, 1 + len(h_refs), entropy):
-        return plain_token_stats(
+        return reference_token_stats(
             h_policy, w_policy, h_refs, w_refs, targets, mix, temperature=temperature, entropy=entropy
         )
     logp, ent = _StatsFunction.apply(
