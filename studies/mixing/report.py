@@ -116,11 +116,14 @@ def _times(layout: Layout) -> str:
     )
 
 
-def _progress(layout: Layout, sizes: Sizes, comparisons: Sequence[Comparison]) -> str:
-    """How many of the planned runs have finished (a gate that failed leaves its comparison's other runs out)."""
+def _progress(
+    layout: Layout, sizes: Sizes, comparisons: Sequence[Comparison], gates: Mapping[str, Any]
+) -> str:
+    """How many of the planned runs have finished (a gate that failed leaves its comparison's other runs out);
+    ``gates``: each comparison's :func:`_gate`."""
     planned = done = 0
     for c in comparisons:
-        gate = _gate(layout, sizes, c)
+        gate = gates[c.name]
         skipped = gate is not None and not gate.get("provisional") and not gate["passed"]
         for m in c.methods:
             if skipped and m not in c.gate_methods:
@@ -150,12 +153,16 @@ def _gate(layout: Layout, sizes: Sizes, comparison: Comparison) -> dict[str, Any
 
 
 def section(
-    layout: Layout, sizes: Sizes, comparison: Comparison, figures: Path, link: str
+    layout: Layout,
+    sizes: Sizes,
+    comparison: Comparison,
+    figures: Path,
+    link: str,
+    gate: Mapping[str, Any] | None,
 ) -> tuple[str, str]:
-    """The markdown section of one comparison and its verdict."""
+    """The markdown section of one comparison and its verdict; ``gate``: the comparison's :func:`_gate`."""
     regime = REGIMES[comparison.regime]
     methods = {m: METHODS[m] for m in comparison.methods}
-    gate = _gate(layout, sizes, comparison)
     out = [f"### {comparison.title}", "", f"*{comparison.paper}.* Claim: {comparison.claim}", ""]
     out += [
         f"**Regime `{regime.name}`**: {regime.claim}; starts from `{regime.start}`, trains on `{regime.train_file}`, "
@@ -220,8 +227,9 @@ def write_report(
     """Write the whole report to ``target`` (figures beside it in ``results/``) from the run folders."""
     figures = target.parent / "results"
     sections, verdicts = [], []
+    gates = {c.name: _gate(layout, sizes, c) for c in comparisons}  # each rechecked once (a bootstrap)
     for c in comparisons:
-        text, v = section(layout, sizes, c, figures, "results")
+        text, v = section(layout, sizes, c, figures, "results", gates[c.name])
         sections.append(text)
         verdicts.append((c, v))
     overlaps = []
@@ -250,7 +258,7 @@ def write_report(
         "",
         "### Summary",
         "",
-        _progress(layout, sizes, comparisons),
+        _progress(layout, sizes, comparisons, gates),
         "",
         *[f"- {c.title}: **{v}**" for c, v in verdicts],
         "",
