@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmix_core.errors import LmixError, RecipeError, UsageError
+from lmix_core.errors import LmixError, RecipeError, RunInterrupted, UsageError
 
 #: Where the subcommands that live elsewhere are implemented: ``command -> (module, function)``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -557,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lmix {args.command}: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:  # a checkpoint was written; the command says how to go on where it can
+        print(f"lmix {args.command}{_rank_tag()}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except LmixError as exc:
         if debug:
             raise

@@ -19,7 +19,7 @@ from typing import Any
 
 from lmix_core.compare.methods import COMPARISONS, METHODS, Comparison, Method, differences
 from lmix_core.compare.sizes import PRESETS
-from lmix_core.errors import ConfigError, UsageError
+from lmix_core.errors import ConfigError, RunInterrupted, UsageError
 
 METHOD_TABLES = ("combiner", "advantage", "loss", "mixer")
 """The recipe tables that define a method; the rest of a recipe is the regime's."""
@@ -171,16 +171,21 @@ def compare_command(args: argparse.Namespace) -> int:
         print(f"lmix compare [{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
 
     baselines = None if args.baselines is None else [b for b in args.baselines.split(",") if b]
-    result = compare(
-        list(args.recipes),
-        regime=args.regime,
-        baselines=baselines,
-        preset=preset,
-        out=out,
-        train_seeds=args.train_seeds,
-        data_seeds=args.data_seeds,
-        log=log,
-    )
+    try:
+        result = compare(
+            list(args.recipes),
+            regime=args.regime,
+            baselines=baselines,
+            preset=preset,
+            out=out,
+            train_seeds=args.train_seeds,
+            data_seeds=args.data_seeds,
+            log=log,
+        )
+    except RunInterrupted as exc:
+        raise RunInterrupted(
+            f"{exc}; run the same command again to continue where it stopped", exc.signum
+        ) from exc
     gate = result["gate"]
     print(f"\n{result['comparison'].title} (regime {args.regime}, {preset} sizes, {out})")
     print(f"gate ({gate['gate']}): {'passed' if gate['passed'] else 'FAILED'}: {gate['reason']}\n")

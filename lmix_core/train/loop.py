@@ -503,7 +503,7 @@ class Trainer:
         path = checkpoint.step_dir(self.run_dir, done) if saved else self.save(done)
         raise RunInterrupted(
             f"stopped by {signal.Signals(signum).name} after step {done} of {self.parts.train.steps}; checkpoint "
-            f"{str(path)!r}. Resume with the same command and --resume",
+            f"{str(path)!r}",
             signum,
         )
 

@@ -267,7 +267,7 @@ def run_command(args: Any) -> int:
         summary = train(recipe, out, start=args.start)
     except RunInterrupted as exc:
         if _main_process():
-            print(f"lmix run: {exc}", file=sys.stderr, flush=True)
+            print(f"lmix run: {exc}. Resume with the same command and --resume", file=sys.stderr, flush=True)
         return 128 + exc.signum
     if not _main_process() or summary.get("already_complete"):
         return 0

@@ -30,9 +30,9 @@ import attrs
 import torch
 
 from lmix_core.compare import runner
-from lmix_core.compare.methods import METHODS
+from lmix_core.compare.methods import METHODS, Comparison
 from lmix_core.compare.sizes import PRESETS, Sizes
-from lmix_core.errors import LmixError
+from lmix_core.errors import LmixError, RunInterrupted
 from studies.mixing import plan, report
 
 #: The checkout the study belongs to (it runs from a checkout and writes its docs/results.md).
@@ -134,7 +134,7 @@ def run_study(
                 gate_sizes=gate_sizes,
             )
             report.write_report(layout, sizes, comparisons, results, command=command)
-            left = runner.projection(layout, sizes, [(x, x.methods) for x in comparisons])
+            left = runner.projection(layout, sizes, [(x, _to_run(layout, sizes, x)) for x in comparisons])
             if left["seconds"] is not None:
                 log(
                     f"{left['done']} runs finished, {left['left']} to go: about {left['seconds'] / 3600:.2f} h more "
@@ -145,6 +145,14 @@ def run_study(
         entry["wall_s"] = time.perf_counter() - t0
         _record(layout, entry)
     return report.write_report(layout, sizes, comparisons, results, command=command)
+
+
+def _to_run(layout: runner.Layout, sizes: Sizes, comparison: Comparison) -> tuple[str, ...]:
+    """The methods of ``comparison`` that will run: only the gate's when its gate failed (and is enforced)."""
+    path = layout.gate(comparison.name)
+    if sizes.preset != "tiny" and path.exists() and not runner.read_json(path)["passed"]:
+        return tuple(m for m in comparison.methods if m in comparison.gate_methods)
+    return comparison.methods
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gates_only=args.gates_only,
                 gate_sizes=gate_sizes if args.gate_cells == "all" else None,
             )
+    except RunInterrupted as exc:
+        print(
+            f"python -m studies.mixing: {exc}; run the same command again to continue where it stopped",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
     except (LmixError, ValueError) as exc:
         print(f"python -m studies.mixing: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +59,34 @@ def test_plugin_combiner_beside_grpo_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "entropy_gated d0-t0" not in again and again.split("\n\n", 1)[1] == text.split("\n\n", 1)[1]
+
+
+def test_sigterm_mid_comparison_then_the_same_command_continues_exactly(tmp_path):
+    """SIGTERM inside a compared run's training: the run writes a checkpoint, the command exits 143 and says to run
+    it again; the same command then finishes, and every run's evaluation equals an uninterrupted comparison's."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+
+    def argv(out: Path) -> list[str]:
+        tail = ["--baselines", "grpo", "--tiny", "--train-seeds", "0", "--out", str(out)]
+        return [sys.executable, "-m", "lmix", "compare", *tail]
+
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    subprocess.run(argv(full), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(argv(cut), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = cut / "format" / "grpo" / "d0-t0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert (
+        re.search(r"stopped by SIGTERM after step [12] of 2", err) and "run the same command again" in err
+    ), err
+    assert "--resume" not in err and "Traceback" not in err, err
+    assert not (metrics.parent / "result.json").exists()
+    done = subprocess.run(argv(cut), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    path = Path("format", "grpo", "d0-t0", "result.json")
+    got, want = (json.loads((root / path).read_text())["evals"] for root in (cut, full))
+    assert got == want
