@@ -500,6 +500,16 @@ def costs(run_dir: Path, budget: Budget, mapping: Mapping[str, Any]) -> dict[str
     }
 
 
+def step_seconds(run_dir: Path) -> float:
+    """The summed step times in a run's ``metrics.jsonl`` (0 when it has none)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0.0
+    return float(
+        sum(json.loads(line).get("step_time_s", 0.0) for line in path.read_text().splitlines() if line)
+    )
+
+
 def run_method(
     layout: Layout, sizes: Sizes, comparison: Comparison, method: Method, d: int, t: int, log: Log
 ) -> dict[str, Any]:
@@ -516,6 +526,7 @@ def run_method(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "recipe-mapping.json", json.loads(json.dumps(mapping, default=str)))
     log(f"{comparison.name}/{method.name} d{d}-t{t}")
+    before = step_seconds(run_dir)  # steps an interrupted invocation trained: their time counts too
     t0 = time.perf_counter()
     train(
         recipe_from_mapping(mapping, source=mapping["description"]),
@@ -523,7 +534,7 @@ def run_method(
         start="resume_if_possible",
         quiet=True,
     )
-    train_wall = time.perf_counter() - t0
+    train_wall = before + time.perf_counter() - t0
     t1 = time.perf_counter()
     evals = evaluate_model(
         mapping,
@@ -698,4 +709,5 @@ __all__ = [
     "run_comparison",
     "run_method",
     "start_model",
+    "step_seconds",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -87,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _record(layout: runner.Layout, entry: dict[str, Any]) -> None:
+    """Write (or update) this invocation's entry of ``timings.json``, keyed by its ``id``."""
     path = layout.out / "timings.json"
     layout.out.mkdir(parents=True, exist_ok=True)
     with open(layout.out / "timings.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # shards of one study finish side by side
         data = runner.read_json(path) if path.exists() else {"invocations": []}
-        data["invocations"].append(entry)
+        others = [i for i in data["invocations"] if i.get("id") != entry["id"]]
+        data["invocations"] = [*others, entry]
         runner.write_json(path, data)
 
 
@@ -113,14 +116,23 @@ def run_study(
     runner.check_out(layout, sizes)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {
+        "id": f"{os.getpid()}@{time.time():.6f}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "preset": sizes.preset,
         "data_seeds": list(sizes.data_seeds),
         "threads": torch.get_num_threads(),
         "finished": False,
+        "wall_s": 0.0,
     }
+    _record(layout, entry)
+
+    def logged(msg: str) -> None:  # every message also records the time so far: a killed invocation keeps it
+        entry["wall_s"] = time.perf_counter() - t0
+        _record(layout, entry)
+        log(msg)
+
     try:
-        runner.prepare(layout, sizes, comparisons, log)
+        runner.prepare(layout, sizes, comparisons, logged)
         for c in comparisons:
             methods = {m: METHODS[m] for m in c.methods}
             runner.run_comparison(
@@ -128,7 +140,7 @@ def run_study(
                 sizes,
                 c,
                 methods,
-                log,
+                logged,
                 enforce_gate=sizes.preset != "tiny",
                 gate_only=gates_only,
                 gate_sizes=gate_sizes,
@@ -136,7 +148,7 @@ def run_study(
             report.write_report(layout, sizes, comparisons, results, command=command)
             left = runner.projection(layout, sizes, [(x, _to_run(layout, sizes, x)) for x in comparisons])
             if left["seconds"] is not None:
-                log(
+                logged(
                     f"{left['done']} runs finished, {left['left']} to go: about {left['seconds'] / 3600:.2f} h more "
                     "at the measured cost per step"
                 )

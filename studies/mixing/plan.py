@@ -92,7 +92,8 @@ def select(only: Sequence[str] | None) -> tuple[Comparison, ...]:
 
 
 def verdict(gate: Mapping[str, Any] | None, outcomes: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    """``(verdict, reason)`` from the gate and the checks' outcomes (``{"passed", "against", "text"}`` each)."""
+    """``(verdict, reason)`` from the gate and the checks' outcomes (``{"passed", "against", "text", "low",
+    "high"}`` each; ``low``/``high``: the paired difference's 95% interval)."""
     if gate is None:
         return "not decided yet", "the comparison has not run"
     if not gate["passed"]:
@@ -108,9 +109,16 @@ def verdict(gate: Mapping[str, Any] | None, outcomes: Sequence[Mapping[str, Any]
         return "does not reproduce", "; ".join(
             o["text"] + (": significant the other way" if o["against"] else ": no") for o in outcomes
         )
+    if all(-NOT_WORSE_MARGIN < o["low"] and o["high"] < NOT_WORSE_MARGIN for o in outcomes):
+        return (
+            "cannot be decided at this scale",
+            f"the methods do not separate: every predicted difference's interval lies within ±{NOT_WORSE_MARGIN} "
+            "of zero",
+        )
+    widest = max(o["high"] - o["low"] for o in outcomes)
     return (
         "cannot be decided at this scale",
-        "no predicted difference is significant either way (intervals too wide)",
+        f"no predicted difference is significant either way (intervals too wide: the widest spans {widest:.3f})",
     )
 
 

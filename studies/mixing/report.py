@@ -21,7 +21,7 @@ import numpy as np
 
 from lmix_core.compare import stats, table
 from lmix_core.compare.methods import METHODS, Comparison, differences
-from lmix_core.compare.runner import Layout, cells, method_recipe, read_json
+from lmix_core.compare.runner import Layout, cells, method_recipe, read_json, step_seconds
 from lmix_core.compare.sizes import Sizes
 from lmix_core.testbed.regimes import REGIMES
 from studies.mixing.plan import CHECKS, NOT_WORSE_MARGIN, Check, verdict
@@ -46,9 +46,10 @@ def check_outcome(layout: Layout, sizes: Sizes, comparison: Comparison, check: C
     if b_name == "best_static":
         statics = [m for m in comparison.methods if m.startswith(("switch_", "constant_"))]
         found = {m: table.results(layout, sizes, comparison, m) for m in statics}
-        if any(v is None for v in found.values()):
+        complete = {m: r for m, r in found.items() if r is not None}
+        if len(complete) < len(found):
             return {"text": check.text(), "missing": True}
-        b_name = max(statics, key=lambda m: table.matrix(found[m], check.metric).mean())
+        b_name = max(statics, key=lambda m: table.matrix(complete[m], check.metric).mean())
     a = table.results(layout, sizes, comparison, check.a)
     b = table.results(layout, sizes, comparison, b_name)
     if a is None or b is None:
@@ -62,7 +63,14 @@ def check_outcome(layout: Layout, sizes: Sizes, comparison: Comparison, check: C
     else:
         passed, against = e.low > -NOT_WORSE_MARGIN, e.high < -NOT_WORSE_MARGIN
     text = check.text().replace("best_static's", f"the best static schedule's ({b_name})")
-    return {"text": text, "difference": d.render(), "passed": passed, "against": against}
+    return {
+        "text": text,
+        "difference": d.render(),
+        "passed": passed,
+        "against": against,
+        "low": e.low,
+        "high": e.high,
+    }
 
 
 def curves_png(
@@ -113,6 +121,26 @@ def _times(layout: Layout) -> str:
     return (
         f"{len(inv)} invocation(s), {elapsed / 3600:.2f} h elapsed, {total / 3600:.2f} h summed over processes"
         + (f" (torch threads per process: {', '.join(map(str, threads))})" if threads else "")
+    )
+
+
+def _compute(layout: Layout, comparisons: Sequence[Comparison]) -> str:
+    """The process time the run folders themselves record: pretraining and SFT-start steps (``metrics.jsonl``) and
+    every compared run's training and evaluation (``result.json``). It does not depend on invocation records, so it
+    also counts invocations that were killed before they could record their time."""
+
+    pretrain = sum(step_seconds(run) for run in sorted(layout.out.glob("pretrain/d*/run")))
+    starts = sum(step_seconds(run) for run in sorted(layout.out.glob("start/d*-t*")))
+    runs = sum(  # a run resumed before its wall time counted earlier segments: at least its summed step times
+        max(c["wall_s"], c["train_s"])
+        for comparison in comparisons
+        for path in sorted((layout.out / comparison.name).glob("*/d*-t*/result.json"))
+        for c in [read_json(path)["costs"]]
+    )
+    return (
+        f"{(pretrain + starts + runs) / 3600:.2f} h of process time in the run folders: pretraining "
+        f"{pretrain / 3600:.2f} h, SFT starting models {starts / 3600:.2f} h, compared runs with their evaluation "
+        f"{runs / 3600:.2f} h (the starting models' evaluations and the report are not included)"
     )
 
 
@@ -277,6 +305,7 @@ def write_report(
         f"- hardware: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
         f"- times: {_times(layout)}",
+        f"- compute: {_compute(layout, comparisons)}",
         "",
         "The logit-averaging comparison has not been rerun at a larger scale on a GPU.",
         "",
