@@ -142,7 +142,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """``lmix compare``'s arguments."""
     p.add_argument("recipes", nargs="*", type=Path, metavar="RECIPE", help="your recipes (TOML files)")
     p.add_argument(
-        "--regime", default="format", help="testbed regime (default: format; see docs/study-design.md)"
+        "--regime",
+        default="format_worked",
+        help="testbed regime (default: format_worked; see docs/study-design.md)",
     )
     p.add_argument(
         "--baselines", default=None, help="built-in methods to run beside yours (default: the regime's)"

@@ -208,17 +208,20 @@ class Comparison:
 COMPARISONS: Mapping[str, Comparison] = {
     c.name: c
     for c in (
-        Comparison(
-            name="format",
-            title="Logit averaging vs KL-GRPO and GRPO, from the SFT model",
-            paper="Logit averaging inside GRPO (arXiv 2605.20555)",
-            claim="GRPO on the logit average of the policy and the SFT model reaches comparable or higher accuracy "
-            "than KL-GRPO and keeps SFT's answer format.",
-            regime="format",
-            baseline="grpo",
-            methods=("grpo", "kl_grpo", "logit_average"),
-            shared={"train": {"ppo_epochs": 2, "minibatches": 2}},
-            gate_methods=("grpo",),
+        *(
+            Comparison(
+                name=regime,
+                title=f"Logit averaging vs KL-GRPO and GRPO, from the SFT model{sft}",
+                paper="Logit averaging inside GRPO (arXiv 2605.20555)",
+                claim="GRPO on the logit average of the policy and the SFT model reaches comparable or higher "
+                "accuracy than KL-GRPO and keeps SFT's answer format.",
+                regime=regime,
+                baseline="grpo",
+                methods=("grpo", "kl_grpo", "logit_average"),
+                shared={"train": {"ppo_epochs": 2, "minibatches": 2}},
+                gate_methods=("grpo",),
+            )
+            for regime, sft in (("format", ""), ("format_worked", " trained on worked demonstrations"))
         ),
         *(
             Comparison(

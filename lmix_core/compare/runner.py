@@ -11,6 +11,7 @@ with a checkpoint continues from it (``lmix run --resume-if-possible``: :func:`l
     OUT/data/d<D>/*.jsonl, overlaps.json          the testbed of data seed D and its overlap figures
     OUT/pretrain/d<D>/{init,run,ck_early,ck_final}
     OUT/start/d<D>-t<T>/                          the SFT starting model of an ``sft``-start regime (an lmix run)
+    OUT/start-<file>/d<D>-t<T>/                   the same, trained on another SFT file (``Regime.sft_file``)
     OUT/<comparison>/start/d<D>-t<T>.json         the starting model's evaluation
     OUT/<comparison>/<method>/d<D>-t<T>/          one lmix run dir, plus result.json, recipe-mapping.json
     OUT/<comparison>/gate.json                    the regime's precondition, checked before the other methods
@@ -70,8 +71,8 @@ class Layout:
     def pretrain(self, d: int) -> Path:
         return self.out / "pretrain" / f"d{d}"
 
-    def start_run(self, d: int, t: int) -> Path:
-        return self.out / "start" / f"d{d}-t{t}"
+    def start_run(self, d: int, t: int, sft_file: str = "sft") -> Path:
+        return self.out / ("start" if sft_file == "sft" else f"start-{sft_file}") / f"d{d}-t{t}"
 
     def start_result(self, comparison: str, d: int, t: int) -> Path:
         return self.out / comparison / "start" / f"d{d}-t{t}.json"
@@ -84,13 +85,17 @@ class Layout:
 
 
 def check_out(layout: Layout, sizes: Sizes) -> None:
-    """Refuse a folder made with other sizes (results would mix); record the sizes in a new one."""
+    """Refuse a folder made with other sizes (results would mix); record the sizes in a new one. A folder made
+    before a size was added (its record lacks the key, every other value equal) is accepted and its record
+    extended."""
     path = layout.out / "sizes.json"
     mine = {k: v for k, v in sizes.to_dict().items() if k not in ("train_seeds", "data_seeds")}
     mine = json.loads(json.dumps(mine))
     if path.exists():
         theirs = read_json(path)
-        if theirs != mine:
+        if theirs != mine and _within(theirs, mine):  # sizes added since: the folder's runs did not use them
+            write_json(path, mine)
+        elif theirs != mine:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise LmixError(
                 f"{str(layout.out)!r} holds runs made with other sizes (differing: {', '.join(diff)}); pass "
@@ -100,16 +105,26 @@ def check_out(layout: Layout, sizes: Sizes) -> None:
         write_json(path, mine)
 
 
+def _within(old: Any, new: Any) -> bool:
+    """Whether ``new`` holds every key of ``old`` with the same value, recursively (it may add keys)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(k in new and _within(v, new[k]) for k, v in old.items())
+    return bool(old == new)
+
+
 # -- data and pretraining --------------------------------------------------------------------------------------
 
 
 def ensure_data(layout: Layout, sizes: Sizes, d: int, log: Log) -> Path:
-    """The testbed of data seed ``d`` and its overlap figures (``overlaps.json``); skipped when present."""
-    from lmix_core.testbed.data import overlaps, write_testbed
+    """The testbed of data seed ``d`` and its overlap figures (``overlaps.json``); skipped when present.
+
+    A folder written before a file joined the testbed is written again: the draw is a pure function of the seed
+    and the sizes, so the files it already holds come back byte for byte."""
+    from lmix_core.testbed.data import FILES, overlaps, write_testbed
 
     folder = layout.data(d)
     marker = folder / "overlaps.json"
-    if marker.exists():
+    if marker.exists() and all((folder / f"{name}.jsonl").exists() for name in FILES):
         return folder
     t0 = time.perf_counter()
     paths = write_testbed(folder, seed=d, sizes=sizes.testbed)
@@ -235,18 +250,19 @@ def base_recipe(
     }
 
 
-def ensure_sft_start(layout: Layout, sizes: Sizes, d: int, t: int, log: Log) -> Path:
-    """The SFT starting model of data seed ``d`` and training seed ``t``: SFT on ``sft.jsonl`` from ``ck_final``."""
+def ensure_sft_start(layout: Layout, sizes: Sizes, d: int, t: int, log: Log, sft_file: str = "sft") -> Path:
+    """The SFT starting model of data seed ``d`` and training seed ``t``: SFT on ``<sft_file>.jsonl`` from
+    ``ck_final``."""
     from lmix_core.recipe import recipe_from_mapping
     from lmix_core.train.run import train
 
-    run = layout.start_run(d, t)
+    run = layout.start_run(d, t, sft_file)
     if (run / "summary.json").exists() and (run / "model" / "config.json").exists():
         return run / "model"
-    log(f"SFT starting model d{d}-t{t}")
+    log(f"SFT starting model d{d}-t{t}" + ("" if sft_file == "sft" else f" ({sft_file}.jsonl)"))
     mapping = base_recipe(
         model=layout.pretrain(d) / "ck_final",
-        train_file=layout.data(d) / "sft.jsonl",
+        train_file=layout.data(d) / f"{sft_file}.jsonl",
         budget=sizes.sft_start,
         seed=t,
         save_every=sizes.save_every,
@@ -263,7 +279,7 @@ def ensure_sft_start(layout: Layout, sizes: Sizes, d: int, t: int, log: Log) -> 
 def start_model(layout: Layout, regime: Regime, d: int, t: int) -> Path:
     """The model a regime's runs start from."""
     if regime.start == "sft":
-        return layout.start_run(d, t) / "model"
+        return layout.start_run(d, t, regime.sft_file) / "model"
     return layout.pretrain(d) / regime.start
 
 
@@ -648,9 +664,12 @@ def prepare(layout: Layout, sizes: Sizes, comparisons: Sequence[Comparison], log
     for d in sizes.data_seeds:
         ensure_data(layout, sizes, d, log)
         ensure_pretrain(layout, sizes, d, log)
-    if any(REGIMES[c.regime].start == "sft" for c in comparisons):
+    sft_files = dict.fromkeys(
+        REGIMES[c.regime].sft_file for c in comparisons if REGIMES[c.regime].start == "sft"
+    )
+    for sft_file in sft_files:
         for d, t in cells(sizes):
-            ensure_sft_start(layout, sizes, d, t, log)
+            ensure_sft_start(layout, sizes, d, t, log, sft_file)
 
 
 def run_comparison(

@@ -120,7 +120,15 @@ TINY = Sizes(
     preset="tiny",
     model={"arch": "qwen2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1},
     testbed=TestbedSizes(
-        corpus_documents=40, sft=16, rl=16, rl_hard=16, eval=6, eval_hard=6, probe=6, facts_per_document=2
+        corpus_documents=40,
+        sft=16,
+        sft_worked=16,
+        rl=16,
+        rl_hard=16,
+        eval=6,
+        eval_hard=6,
+        probe=6,
+        facts_per_document=2,
     ),
     pretrain_steps=2,
     pretrain_docs=4,

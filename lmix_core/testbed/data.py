@@ -19,13 +19,16 @@ demonstrations write ``short`` working (one line per operation, a worse method f
 ``\\boxed{N}``, and half of them give only the bare ``\\boxed{N}`` (a mixed-quality demonstration set). The
 correctness reward reads either format; the ``format`` verifier (weight 0) measures the SFT format alone.
 RL from the SFT model can therefore gain accuracy by returning to the pretraining format and working, which is
-exactly what an anchored method (logit averaging, a KL term) is claimed to resist.
+exactly what an anchored method (logit averaging, a KL term) is claimed to resist. ``sft_worked.jsonl`` pairs the
+``\\boxed{N}`` ending with the corpus's ``columns`` working instead (half of them bare as well): its SFT model keeps
+much of the pretrained accuracy, and RL gains by writing the working more often, without having to rediscover it.
 
 **Files** (:func:`write_testbed`), all JSON lines with ``prompt``, ``answer``, ``solution`` (and ``level`` or
 ``kind``):
 
 * ``corpus.jsonl`` (``text``): worked solutions, fact lines and probe demonstrations, role ``pretrain``;
 * ``sft.jsonl``: demonstrations at the easy levels, role ``sft``; ``sft_narrow.jsonl``: level 1 only;
+  ``sft_worked.jsonl``: easy levels in ``columns`` working;
 * ``rl.jsonl``: RL prompts at the easy levels (with demonstrations, which guided methods use), role ``rl``;
 * ``rl_hard.jsonl``: RL prompts at the hard levels, with worked demonstrations, role ``rl``;
 * ``eval.jsonl`` / ``eval_hard.jsonl``: held-out problems at the easy / hard levels, role ``eval``;
@@ -80,8 +83,10 @@ class TestbedSizes:
     Attributes:
         corpus_documents: pretraining documents (one item, or ``facts_per_document`` fact lines, each).
         facts_per_document: arithmetic fact lines per fact document.
-        sft: SFT demonstrations (easy levels).
+        sft: SFT demonstrations at the easy levels (``sft.jsonl``).
         sft_narrow: SFT demonstrations at level 1 only (level 1 holds about 1,400 problems of role ``sft``).
+        sft_worked: SFT demonstrations in column working at the easy levels (``sft_worked.jsonl``; level 2 holds
+            about 650 problems of role ``sft`` that column working can write).
         rl: RL prompts at the easy levels.
         rl_hard: RL prompts at the hard levels.
         eval: held-out problems at the easy levels.
@@ -95,6 +100,7 @@ class TestbedSizes:
     facts_per_document: int = attrs.field(default=6, validator=v.ge(1))
     sft: int = attrs.field(default=2000, validator=v.ge(1))
     sft_narrow: int = attrs.field(default=1000, validator=v.ge(1))
+    sft_worked: int = attrs.field(default=1500, validator=v.ge(1))
     rl: int = attrs.field(default=3000, validator=v.ge(1))
     rl_hard: int = attrs.field(default=1000, validator=v.ge(1))
     eval: int = attrs.field(default=600, validator=v.ge(1))
@@ -239,6 +245,7 @@ FILES: tuple[str, ...] = (
     "corpus",
     "sft",
     "sft_narrow",
+    "sft_worked",
     "rl",
     "rl_hard",
     "eval",
@@ -251,6 +258,7 @@ FILE_ROLES: Mapping[str, Role] = {
     "corpus": "pretrain",
     "sft": "sft",
     "sft_narrow": "sft",
+    "sft_worked": "sft",
     "rl": "rl",
     "rl_hard": "rl",
     "eval": "eval",
@@ -262,14 +270,14 @@ FILE_ROLES: Mapping[str, Role] = {
 def build_testbed(seed: int, sizes: TestbedSizes) -> dict[str, list[Any]]:
     """Every file's rows (corpus: strings) for data seed ``seed``."""
 
-    def sft(name: str, levels: Sequence[int], n: int) -> list[dict[str, Any]]:
+    def sft(name: str, levels: Sequence[int], n: int, style: task.Style = "short") -> list[dict[str, Any]]:
         return arithmetic(
             n,
             seed=seed,
             role="sft",
             name=name,
             levels=levels,
-            style="short",
+            style=style,
             answer_format="boxed",
             unworked_fraction=0.5,
         )
@@ -283,6 +291,7 @@ def build_testbed(seed: int, sizes: TestbedSizes) -> dict[str, list[Any]]:
         "corpus": corpus(sizes.corpus_documents, seed=seed, facts_per_document=sizes.facts_per_document),
         "sft": sft("sft", EASY_LEVELS, sizes.sft),
         "sft_narrow": sft("sft_narrow", (1,), sizes.sft_narrow),
+        "sft_worked": sft("sft_worked", EASY_LEVELS, sizes.sft_worked, style="columns"),
         "rl": worked(sizes.rl, "rl", "rl", EASY_LEVELS),
         "rl_hard": worked(sizes.rl_hard, "rl", "rl_hard", HARD_LEVELS),
         "eval": worked(sizes.eval, "eval", "eval", EASY_LEVELS),

@@ -11,6 +11,11 @@ comparison runner checks the gate on the regime's own runs before it trains any 
   format, so "keeps SFT's formatting at comparable accuracy" is a measurable trade-off. Gate: plain GRPO from the
   SFT model improves held-out pass@1 significantly (the base setting: half of the SFT demonstrations are bare
   answers, so RL has room).
+* ``format_worked`` (the same claim; a revision of ``format`` after its first runs): the SFT model learns from
+  ``sft_worked.jsonl``, whose demonstrations pair ``\\boxed{}`` with the corpus's column working (half of them
+  bare), so it keeps much of the pretrained accuracy and answers in ``\\boxed{}``. In ``format``, RL's gain hinged
+  on rediscovering the column working the SFT model no longer wrote, which happened for one pretrained model in
+  three; here the working is there to reinforce. Gate: as ``format``.
 * ``narrow_early`` / ``narrow_final`` (parallel averaging, "RL Excursions during Pre-Training", arXiv 2606.04272):
   SFT on level-1 problems only, for as many steps as RL and at a learning rate of 3e-4 shared by every method of
   the comparison, degrades the probe skills (string manipulation) that only pretraining taught; ``narrow_early`` starts from an early pretraining checkpoint where RL alone has
@@ -56,6 +61,7 @@ class Regime:
             pretraining checkpoint (``ck_early``, ``ck_final``).
         train_file: the training questions (testbed file name); their ``solution`` is the demonstration that SFT
             steps and prefixes imitate, so every method of a comparison sees the same questions.
+        sft_file: the testbed file the SFT starting model trains on (``sft`` start only).
         eval_file: the held-out problems.
         gate: the precondition checked before variants run (see the module docstring).
     """
@@ -66,6 +72,7 @@ class Regime:
     train_file: str
     eval_file: str
     gate: Gate
+    sft_file: str = "sft"
 
 
 REGIMES: Mapping[str, Regime] = {
@@ -78,6 +85,16 @@ REGIMES: Mapping[str, Regime] = {
             train_file="rl",
             eval_file="eval",
             gate="grpo_improves",
+        ),
+        Regime(
+            name="format_worked",
+            claim="an anchored RL method keeps the SFT model's answer format at comparable accuracy, from an SFT "
+            "model that writes the pretraining's working",
+            start="sft",
+            train_file="rl",
+            eval_file="eval",
+            gate="grpo_improves",
+            sft_file="sft_worked",
         ),
         Regime(
             name="narrow_early",

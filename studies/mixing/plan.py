@@ -7,7 +7,8 @@ the interval's lower end above ``-margin``). A comparison's verdict (:func:`verd
 * its regime's gate failed → *cannot be decided at this scale* (the precondition, not the methods, failed);
 * every check passes → *holds*; some pass → *holds partly*;
 * none passes and one is significant the other way → *does not reproduce*;
-* none passes and none is significant → *cannot be decided at this scale* (the intervals are too wide).
+* none passes and none is significant → *cannot be decided at this scale*: the methods do not separate (every
+  interval within the margin of zero) or the intervals are too wide.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import attrs
 
 from lmix_core.compare.methods import COMPARISONS, Comparison
 
-ORDER: tuple[str, ...] = ("format", "narrow_early", "narrow_final", "switch", "hard")
+ORDER: tuple[str, ...] = ("format", "narrow_early", "narrow_final", "switch", "hard", "format_worked")
 """The comparisons, in the order the study runs them (the base setting's gate first)."""
 
 NOT_WORSE_MARGIN = 0.02
@@ -51,11 +52,14 @@ class Check:
 
 
 CHECKS: Mapping[str, tuple[Check, ...]] = {
-    "format": (
-        Check(a="logit_average", b="kl_grpo", metric="task", kind="not_worse"),
-        Check(a="logit_average", b="grpo", metric="format", kind="better"),
-        Check(a="logit_average", b="kl_grpo", metric="format", kind="not_worse"),
-    ),
+    **{
+        name: (
+            Check(a="logit_average", b="kl_grpo", metric="task", kind="not_worse"),
+            Check(a="logit_average", b="grpo", metric="format", kind="better"),
+            Check(a="logit_average", b="kl_grpo", metric="format", kind="not_worse"),
+        )
+        for name in ("format", "format_worked")
+    },
     **{
         f"narrow_{w}": (
             Check(a="parallel_average", b="sft", metric="probe", kind="better"),

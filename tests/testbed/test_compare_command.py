@@ -53,7 +53,7 @@ def test_plugin_combiner_beside_grpo_end_to_end(tmp_path, capsys):
     assert (
         "| entropy_gated | `combiner.type` | 'policy' | 'entropy_gated' | from entropy_gated.toml |" in text
     )
-    result = json.loads((out / "format" / "entropy_gated" / "d0-t0" / "result.json").read_text())
+    result = json.loads((out / "format_worked" / "entropy_gated" / "d0-t0" / "result.json").read_text())
     assert result["evals"]["default"]["deploy"] == "combined"
     # the same command again finds everything done: nothing trains, the same table comes back
     assert main(argv) == 0
@@ -73,7 +73,7 @@ def test_sigterm_mid_comparison_then_the_same_command_continues_exactly(tmp_path
     cut, full = tmp_path / "cut", tmp_path / "full"
     subprocess.run(argv(full), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(argv(cut), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = cut / "format" / "grpo" / "d0-t0" / "metrics.jsonl"
+    metrics = cut / "format_worked" / "grpo" / "d0-t0" / "metrics.jsonl"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (metrics.exists() and metrics.read_text()):
         time.sleep(0.02)
@@ -87,6 +87,6 @@ def test_sigterm_mid_comparison_then_the_same_command_continues_exactly(tmp_path
     assert not (metrics.parent / "result.json").exists()
     done = subprocess.run(argv(cut), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    path = Path("format", "grpo", "d0-t0", "result.json")
+    path = Path("format_worked", "grpo", "d0-t0", "result.json")
     got, want = (json.loads((root / path).read_text())["evals"] for root in (cut, full))
     assert got == want

@@ -16,27 +16,28 @@ from studies.mixing import plan
 from studies.mixing.command import run_study
 
 SIZES = attrs.evolve(TINY, train_seeds=(0,))
+ONLY = ["format", "hard", "format_worked"]
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("study-v2")
     results = root / "results.md"
-    run_study(SIZES, root / "out", only=["format", "hard"], results=results, log=lambda m: None)
+    run_study(SIZES, root / "out", only=ONLY, results=results, log=lambda m: None)
     return {"out": root / "out", "results": results, "layout": runner.Layout(root / "out")}
 
 
 def test_report_has_each_comparison_with_gate_table_and_verdict(study: dict) -> None:
     text = study["results"].read_text()
-    for name in ("format", "hard"):
+    for name in ONLY:
         assert f"### {COMPARISONS[name].title}" in text
-    assert text.count("**Gate**") == 2 and text.count("**Verdict:") == 2
+    assert text.count("**Gate**") == 3 and text.count("**Verdict:") == 3
     # at micro sizes every gate fails, so every verdict says the claim cannot be decided, with the gate's reason
     assert text.count("cannot be decided at this scale") >= 2 and "precondition failed" in text
     assert "problems shared between files of different roles: 0" in text
     # a failed gate leaves its comparison's other methods out of the plan (though --tiny runs them anyway)
     planned = 0
-    for n in ("format", "hard"):
+    for n in ONLY:
         c = COMPARISONS[n]
         passed = json.loads(study["layout"].gate(n).read_text())["passed"]
         planned += len(c.methods if passed else c.gate_methods) * len(runner.cells(SIZES))
@@ -71,7 +72,7 @@ def test_a_second_invocation_trains_nothing_and_reevaluates_only_what_is_missing
     lost = layout.run_dir("hard", "luffy", 0, 0) / "result.json"
     lost.unlink()  # as if the study stopped after training this run, before its evaluation
     log: list[str] = []
-    run_study(SIZES, study["out"], only=["format", "hard"], results=study["results"], log=log.append)
+    run_study(SIZES, study["out"], only=ONLY, results=study["results"], log=log.append)
     assert done.stat().st_mtime_ns == stamp
     assert lost.exists()
     assert not [m for m in log if "pretrain" in m or "SFT starting" in m]
@@ -94,6 +95,24 @@ def test_other_sizes_in_the_same_folder_are_refused(study: dict) -> None:
 
     with pytest.raises(LmixError, match="other sizes"):
         runner.check_out(study["layout"], attrs.evolve(SIZES, eval_samples=3))
+
+
+def test_a_folder_made_before_a_size_was_added_is_accepted_and_its_record_extended(tmp_path: Path) -> None:
+    from lmix_core.errors import LmixError
+
+    layout = runner.Layout(tmp_path)
+    runner.check_out(layout, SIZES)
+    record = json.loads((tmp_path / "sizes.json").read_text())
+    del record["testbed"]["sft_worked"]  # as written before sft_worked.jsonl joined the testbed
+    (tmp_path / "sizes.json").write_text(json.dumps(record))
+    runner.check_out(layout, SIZES)
+    assert (
+        json.loads((tmp_path / "sizes.json").read_text())["testbed"]["sft_worked"] == SIZES.testbed.sft_worked
+    )
+    record["testbed"]["sft"] += 1  # a value that differs is still refused
+    (tmp_path / "sizes.json").write_text(json.dumps(record))
+    with pytest.raises(LmixError, match="differing: testbed"):
+        runner.check_out(layout, SIZES)
 
 
 def test_projection_prices_unfinished_runs_at_the_measured_cost_per_step(study: dict) -> None:
@@ -155,3 +174,27 @@ def test_times_count_overlapping_shards_once(tmp_path: Path) -> None:
     assert text == (
         "3 invocation(s), 2.00 h elapsed, 2.50 h summed over processes (torch threads per process: 1, 2)"
     )
+
+
+def test_each_sft_file_has_its_own_starting_model(study: dict) -> None:
+    """``format`` starts from SFT on ``sft.jsonl``, ``format_worked`` from SFT on ``sft_worked.jsonl``."""
+    layout = study["layout"]
+    for sft_file, folder in (("sft", "start"), ("sft_worked", "start-sft_worked")):
+        recipe = (layout.out / folder / "d0-t0" / "recipe.toml").read_text()
+        assert f"/data/d0/{sft_file}.jsonl" in recipe, recipe
+    worked = [json.loads(x) for x in (layout.data(0) / "sft_worked.jsonl").read_text().splitlines()]
+    assert all(r["solution"].endswith("}") and "\\boxed{" in r["solution"] for r in worked)
+    model = json.loads((layout.run_dir("format_worked", "grpo", 0, 0) / "recipe-mapping.json").read_text())
+    assert model["backend"]["model"] == str(layout.out / "start-sft_worked" / "d0-t0" / "model")
+
+
+def test_a_data_folder_missing_a_newer_file_gets_it_and_keeps_the_others_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    layout = runner.Layout(tmp_path / "out")
+    folder = runner.ensure_data(layout, SIZES, 0, lambda m: None)
+    before = {p.name: p.read_bytes() for p in sorted(folder.glob("*.jsonl"))}
+    (folder / "sft_worked.jsonl").unlink()  # a folder written before sft_worked.jsonl joined the testbed
+    log: list[str] = []
+    runner.ensure_data(layout, SIZES, 0, log.append)
+    assert log and {p.name: p.read_bytes() for p in sorted(folder.glob("*.jsonl"))} == before
