@@ -198,3 +198,15 @@ def test_a_data_folder_missing_a_newer_file_gets_it_and_keeps_the_others_byte_fo
     log: list[str] = []
     runner.ensure_data(layout, SIZES, 0, log.append)
     assert log and {p.name: p.read_bytes() for p in sorted(folder.glob("*.jsonl"))} == before
+
+
+def test_time_to_go_counts_only_the_runs_a_failed_gate_leaves(tmp_path: Path) -> None:
+    from lmix_core.compare.sizes import QUICK
+    from studies.mixing.command import _to_run
+
+    layout = runner.Layout(tmp_path)
+    narrow = COMPARISONS["narrow_early"]
+    assert _to_run(layout, QUICK, narrow) == narrow.methods  # the gate has not run yet
+    runner.write_json(layout.gate(narrow.name), {"passed": False})
+    assert _to_run(layout, QUICK, narrow) == ("sft",)
+    assert _to_run(layout, SIZES, narrow) == narrow.methods  # --tiny runs every method whatever its gate
