@@ -130,7 +130,7 @@ def _compute(layout: Layout, comparisons: Sequence[Comparison]) -> str:
     also counts invocations that were killed before they could record their time."""
 
     pretrain = sum(step_seconds(run) for run in sorted(layout.out.glob("pretrain/d*/run")))
-    starts = sum(step_seconds(run) for run in sorted(layout.out.glob("start/d*-t*")))
+    starts = sum(step_seconds(run) for run in sorted(layout.out.glob("start*/d*-t*")))
     runs = sum(  # a run resumed before its wall time counted earlier segments: at least its summed step times
         max(c["wall_s"], c["train_s"])
         for comparison in comparisons
@@ -301,7 +301,7 @@ def write_report(
         "rewrites this file)",
         f"- one run: its resolved recipe is `{layout.out}/<comparison>/<method>/d<D>-t<T>/recipe.toml`; "
         "`lmix run <that file> --out DIR` repeats it (the data and starting models are under "
-        f"`{layout.out}/data`, `{layout.out}/pretrain` and `{layout.out}/start`)",
+        f"`{layout.out}/data`, `{layout.out}/pretrain`, `{layout.out}/start` and `{layout.out}/start-<SFT file>`)",
         f"- hardware: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
         f"- times: {_times(layout)}",
