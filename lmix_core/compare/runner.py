@@ -517,7 +517,8 @@ def costs(run_dir: Path, budget: Budget, mapping: Mapping[str, Any]) -> dict[str
 
 
 def step_seconds(run_dir: Path) -> float:
-    """The summed step times in a run's ``metrics.jsonl`` (0 when it has none)."""
+    """Training time: the summed ``step_time_s`` of a run's ``metrics.jsonl`` (no evaluation, no start-up; 0 when
+    it has none)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return 0.0

@@ -221,7 +221,7 @@ def hardware() -> dict[str, Any]:
 
 def times(layout: Layout, sizes: Sizes, seeds: Sequence[int]) -> dict[str, Any]:
     """Wall time of the study's invocations, pretraining's step time, and the runs' training/evaluation time."""
-    from studies.seed_papers.stages import step_seconds
+    from lmix_core.compare.runner import step_seconds
 
     log_file = layout.out / "timings.json"
     invocations = read_json(log_file)["invocations"] if log_file.exists() else []

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from lmix_core.compare.runner import ExactMatchScorer
+from lmix_core.compare.runner import ExactMatchScorer, step_seconds
 from studies.seed_papers.plan import Run, schedule_overrides
 from studies.seed_papers.sizes import PostSizes, Sizes
 
@@ -249,16 +249,6 @@ def record_command(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     return text
-
-
-def step_seconds(run_dir: Path) -> float:
-    """Training time: the sum of the steps' ``step_time_s`` in ``metrics.jsonl`` (no evaluation, no start-up)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return 0.0
-    return float(
-        sum(json.loads(line).get("step_time_s", 0.0) for line in path.read_text().splitlines() if line)
-    )
 
 
 def execute(layout: Layout, sizes: Sizes, run: Run, seed: int, log: Log) -> dict[str, Any]:
