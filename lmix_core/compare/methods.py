@@ -204,6 +204,10 @@ class Comparison:
     gate_methods: tuple[str, ...] = ()
     metric: str = "task"
 
+    def to_run(self, gate_passed: bool) -> tuple[str, ...]:
+        """The methods that run: every one once the gate has passed, else the gate's own (which run first)."""
+        return self.methods if gate_passed else tuple(m for m in self.methods if m in self.gate_methods)
+
 
 COMPARISONS: Mapping[str, Comparison] = {
     c.name: c

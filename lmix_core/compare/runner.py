@@ -695,7 +695,7 @@ def run_comparison(
 
     for d, t in cells(sizes):
         evaluate_start(layout, sizes, comparison, d, t, log)
-    first = [m for m in comparison.methods if m in comparison.gate_methods]
+    first = list(comparison.to_run(gate_passed=False))
     for name in first:
         for d, t in cells(sizes):
             run_method(layout, sizes, comparison, methods[name], d, t, log)

@@ -162,9 +162,8 @@ def run_study(
 def _to_run(layout: runner.Layout, sizes: Sizes, comparison: Comparison) -> tuple[str, ...]:
     """The methods of ``comparison`` that will run: only the gate's when its gate failed (and is enforced)."""
     path = layout.gate(comparison.name)
-    if sizes.preset != "tiny" and path.exists() and not runner.read_json(path)["passed"]:
-        return tuple(m for m in comparison.methods if m in comparison.gate_methods)
-    return comparison.methods
+    failed = sizes.preset != "tiny" and path.exists() and not runner.read_json(path)["passed"]
+    return comparison.to_run(gate_passed=not failed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -128,7 +128,6 @@ def _compute(layout: Layout, comparisons: Sequence[Comparison]) -> str:
     """The process time the run folders themselves record: pretraining and SFT-start steps (``metrics.jsonl``) and
     every compared run's training and evaluation (``result.json``). It does not depend on invocation records, so it
     also counts invocations that were killed before they could record their time."""
-
     pretrain = sum(step_seconds(run) for run in sorted(layout.out.glob("pretrain/d*/run")))
     starts = sum(step_seconds(run) for run in sorted(layout.out.glob("start*/d*-t*")))
     runs = sum(  # a run resumed before its wall time counted earlier segments: at least its summed step times
@@ -153,9 +152,7 @@ def _progress(
     for c in comparisons:
         gate = gates[c.name]
         skipped = gate is not None and not gate.get("provisional") and not gate["passed"]
-        for m in c.methods:
-            if skipped and m not in c.gate_methods:
-                continue
+        for m in c.to_run(gate_passed=not skipped):
             for d, t in cells(sizes):
                 planned += 1
                 done += (layout.run_dir(c.name, m, d, t) / "result.json").exists()
